@@ -1,0 +1,3 @@
+from csm_adapt.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per `csm-adapt` subcommand, each exposing one click command."""

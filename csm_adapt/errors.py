@@ -1,0 +1,30 @@
+"""Errors a user can cause; each message names the file, line or key at fault."""
+
+
+class CsmAdaptError(Exception):
+    """Base class: the CLI prints these without a traceback."""
+
+
+class CheckpointError(CsmAdaptError):
+    pass
+
+
+class ConfigError(CsmAdaptError):
+    pass
+
+
+class AudioError(CsmAdaptError):
+    """`reason` is a short, stable code ("missing", "corrupt", "empty audio", "bad span", ...) that
+    the prepare step counts its rejects by; the message says the details."""
+
+    def __init__(self, message: str, reason: str = "corrupt"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class GenerationError(CsmAdaptError):
+    pass
+
+
+class PluginError(CsmAdaptError):
+    pass

@@ -1,0 +1,93 @@
+"""Loading a recipe (TOML + overrides + plugins) into a validated `Recipe`, and saving it back.
+
+The saved recipe is the resolved one (overrides applied, defaults filled in, paths absolute), so
+`load_recipe(save_recipe(recipe))` gives an equal recipe: a run can be reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+from rich.console import Console
+from rich.syntax import Syntax
+
+from csm_adapt import toml_io
+from csm_adapt.dict_config import describe, from_dict, join, to_dict
+from csm_adapt.errors import ConfigError, CsmAdaptError
+from csm_adapt.overrides import apply_overrides
+from csm_adapt.plugin_manager import load_plugins, resolve_local
+from csm_adapt.recipe_schema import LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
+from csm_adapt.registries import Registries, Registry, collect
+
+SAVED_NAME = "recipe.toml"
+
+
+def load_raw(path: Path, overrides: Sequence[str] = ()) -> dict:
+    """The recipe's dict with overrides applied and local plugin files made absolute."""
+    path = Path(path)
+    raw = apply_overrides(toml_io.read_toml(path), overrides)
+    try:
+        specs = from_dict(tuple[str, ...], raw.get("plugins", []), "plugins")
+    except CsmAdaptError as e:
+        raise type(e)(f"{path}: {e}") from None
+    raw["plugins"] = [resolve_local(spec, path.parent.absolute()) for spec in specs]
+    return raw
+
+
+def load_recipe(path: Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe, loading the plugins it needs; errors name file and key."""
+    raw = load_raw(path, overrides)
+    try:
+        # Commands do not matter to a recipe: they go on a throwaway group.
+        registries = collect(load_plugins(raw["plugins"]), click.Group())
+        return from_dict(Recipe, raw, hooks=_plugin_ref_builders(registries))
+    except CsmAdaptError as e:
+        raise type(e)(f"{path}: {e}") from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return to_dict(recipe, hooks={PluginRef: lambda ref: {ref.NAME_KEY: ref.name, **to_dict(ref.options)}})
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    return toml_io.dumps(recipe_to_dict(recipe))
+
+
+def save_recipe(recipe: Recipe) -> Path:
+    """Write the resolved recipe to `<run_dir>/recipe.toml`."""
+    path = recipe.output.run_dir / SAVED_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe_to_toml(recipe))
+    return path
+
+
+def print_recipe(recipe: Recipe, console: Console) -> None:
+    text = recipe_to_toml(recipe)
+    # highlight() gives coloured text without Syntax's full-width padding (clean when piped).
+    console.print(Syntax(text, "toml").highlight(text))
+
+
+def _plugin_ref_builders(registries: Registries) -> dict:
+    return {
+        ReaderRef: partial(_build_ref, ReaderRef, registries.readers),
+        LossRef: partial(_build_ref, LossRef, registries.losses),
+        LoggerRef: partial(_build_ref, LoggerRef, registries.loggers),
+    }
+
+
+def _build_ref(ref_cls: type[PluginRef], registry: Registry, value: Any, path: str) -> PluginRef:
+    """A plugin table: the plugin's name under NAME_KEY, the rest checked by the plugin's options class."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a table, got {describe(value)}")
+    options = dict(value)
+    name_path = join(path, ref_cls.NAME_KEY)
+    if ref_cls.NAME_KEY not in options:
+        raise ConfigError(f"{name_path}: missing required key")
+    name = options.pop(ref_cls.NAME_KEY)
+    if not isinstance(name, str):
+        raise ConfigError(f"{name_path}: expected str, got {describe(name)}")
+    entry = registry.get(name, name_path)
+    return ref_cls(name, from_dict(entry.options, options, path), entry.implementation)

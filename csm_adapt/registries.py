@@ -1,0 +1,95 @@
+"""What the loaded plugins provide: readers, loss strategies, loggers and commands, by name.
+
+Names are unique across all plugins: registering a name twice fails, naming both plugins, rather
+than letting load order silently decide which one a recipe gets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import click
+import pluggy
+
+from csm_adapt.errors import ConfigError, PluginError
+from csm_adapt.plugin_api import NoOptions
+
+CORE = "csm_adapt"  # owner of the commands the engine itself defines
+
+
+@attrs.frozen
+class Entry:
+    implementation: Any
+    options: type  # attrs class validating this implementation's table in a recipe
+    plugin: str
+
+
+@attrs.define
+class Registry:
+    """One kind of thing plugins provide, e.g. kind="reader"."""
+
+    kind: str
+    entries: dict[str, Entry] = attrs.field(factory=dict)
+
+    def add(self, name: str, implementation: Any, options: type, plugin: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {plugin}: a {self.kind} name must be a non-empty string, got {name!r}")
+        if not attrs.has(options):
+            raise PluginError(f"plugin {plugin}: options of {self.kind} {name!r} must be an attrs class")
+        if name in self.entries:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered by two plugins: {self.entries[name].plugin} and {plugin}"
+            )
+        self.entries[name] = Entry(implementation, options, plugin)
+
+    def get(self, name: str, path: str) -> Entry:
+        """The entry for `name`, given at recipe key `path`; an unknown name lists the known ones."""
+        if name not in self.entries:
+            available = ", ".join(sorted(self.entries)) or "(none registered)"
+            raise ConfigError(f'{path}: unknown {self.kind} "{name}"; available: {available}')
+        return self.entries[name]
+
+    def names_by(self, plugin: str) -> list[str]:
+        return [name for name, entry in self.entries.items() if entry.plugin == plugin]
+
+
+@attrs.frozen
+class Registries:
+    readers: Registry = attrs.field(factory=lambda: Registry("reader"))
+    losses: Registry = attrs.field(factory=lambda: Registry("loss strategy"))
+    loggers: Registry = attrs.field(factory=lambda: Registry("logger"))
+    commands: dict[str, str] = attrs.field(factory=dict)  # command name -> plugin
+
+
+def collect(pm: pluggy.PluginManager, cli: click.Group) -> Registries:
+    """Call every plugin's hooks, recording which plugin registered what; plugin commands go on `cli`."""
+    registries = Registries()
+    registries.commands.update((name, CORE) for name in cli.commands)
+    for hook_name, registry in (
+        ("register_dataset_readers", registries.readers),
+        ("register_loss_strategies", registries.losses),
+        ("register_loggers", registries.loggers),
+    ):
+        # One impl at a time (not `pm.hook.<name>(...)`) so `register` knows which plugin calls it.
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            impl.function(register=_register_for(registry, impl.plugin_name))
+    for impl in pm.hook.register_commands.get_hookimpls():
+        before = dict(cli.commands)
+        impl.function(cli=cli)
+        for name, command in cli.commands.items():
+            if before.get(name) is command:
+                continue
+            if name in before:
+                raise PluginError(
+                    f"command {name!r} is registered by two plugins: {registries.commands[name]} and {impl.plugin_name}"
+                )
+            registries.commands[name] = impl.plugin_name
+    return registries
+
+
+def _register_for(registry: Registry, plugin: str) -> Callable[..., None]:
+    def register(name: str, implementation: Any, options: type = NoOptions) -> None:
+        registry.add(name, implementation, options, plugin)
+
+    return register

@@ -1,0 +1,300 @@
+"""Checkpoint loading, saving and conversion: layouts, round trips, hub cache, error messages, CLI."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import csm_adapt.checkpoint as checkpoint
+from csm_adapt.checkpoint import build_model, convert, load_model, save_model
+from csm_adapt.commands.convert import convert as convert_command
+from csm_adapt.errors import CheckpointError, ConfigError
+from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
+from csm_adapt.model.csm import CSM
+from csm_adapt.transformers_layout import to_transformers
+
+
+def reference_csm_1b_shapes() -> dict[str, tuple[int, ...]]:
+    """The 187 tensors of the published checkpoint, written from the reference (§1), not from our model."""
+    shapes = {
+        "text_embeddings.weight": (128256, 2048),
+        "audio_embeddings.weight": (65632, 2048),
+        "projection.weight": (1024, 2048),
+        "codebook0_head.weight": (2051, 2048),
+        "audio_head": (31, 1024, 2051),
+        "backbone.norm.scale": (2048,),
+        "decoder.norm.scale": (1024,),
+    }
+    # (prefix, layers, width, kv width = kv heads * head dim, MLP width)
+    for prefix, layers, d, kv, mlp in [("backbone", 16, 2048, 8 * 64, 8192), ("decoder", 4, 1024, 2 * 128, 8192)]:
+        for i in range(layers):
+            p = f"{prefix}.layers.{i}."
+            shapes |= {
+                p + "attn.q_proj.weight": (d, d),
+                p + "attn.k_proj.weight": (kv, d),
+                p + "attn.v_proj.weight": (kv, d),
+                p + "attn.output_proj.weight": (d, d),
+                p + "mlp.w1.weight": (mlp, d),
+                p + "mlp.w2.weight": (d, mlp),
+                p + "mlp.w3.weight": (mlp, d),
+                p + "sa_norm.scale": (d,),
+                p + "mlp_norm.scale": (d,),
+            }
+    return shapes
+
+
+def assert_same_weights(a: CSM, b: CSM) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for name in sa:
+        assert sa[name].dtype == sb[name].dtype and torch.equal(sa[name], sb[name]), name
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return build_model("micro", seed=3)
+
+
+@pytest.fixture
+def saved(micro, tmp_path):
+    return save_model(micro, tmp_path / "ckpt")
+
+
+def test_csm_1b_has_the_reference_names_and_shapes():
+    with torch.device("meta"):
+        model = CSM(MODEL_CONFIGS["csm-1b"])
+    expected = reference_csm_1b_shapes()
+    assert len(expected) == 187
+    assert {n: tuple(t.shape) for n, t in model.state_dict().items()} == expected
+    assert sum(p.numel() for p in model.parameters()) == 1_552_791_552
+
+
+def test_build_model_is_seeded_and_rejects_unknown_names():
+    assert_same_weights(build_model("micro", seed=1), build_model("micro", seed=1))
+    a, b = build_model("micro", seed=1), build_model("micro", seed=2)
+    assert not torch.equal(a.projection.weight, b.projection.weight)
+    assert build_model(MODEL_CONFIGS["micro"], seed=1).args == MODEL_CONFIGS["micro"]
+    with pytest.raises(ConfigError, match="'nano'.*known: \\['csm-1b', 'micro', 'tiny'\\]"):
+        build_model("nano")
+
+
+def test_original_layout_files(micro, saved):
+    assert sorted(os.listdir(saved)) == ["config.json", "model.safetensors"]
+    assert json.loads((saved / "config.json").read_text()) == {
+        "backbone_flavor": "micro-64",
+        "decoder_flavor": "micro-32",
+        "text_vocab_size": 1024,
+        "audio_vocab_size": 2051,
+        "audio_num_codebooks": 32,
+    }
+    with safe_open(saved / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert sorted(f.keys()) == sorted(micro.state_dict())
+
+
+def test_reference_from_pretrained_reads_the_original_layout(micro, saved):
+    """What the reference code does: a PyTorchModelHubMixin whose dataclass config is config.json."""
+    from huggingface_hub import PyTorchModelHubMixin
+
+    @dataclasses.dataclass
+    class RefModelArgs:
+        backbone_flavor: str
+        decoder_flavor: str
+        text_vocab_size: int
+        audio_vocab_size: int
+        audio_num_codebooks: int
+
+    class RefModel(CSM, PyTorchModelHubMixin):
+        def __init__(self, config: RefModelArgs):
+            super().__init__(ModelArgs(**dataclasses.asdict(config)))
+
+    ref = RefModel.from_pretrained(saved)
+    assert ref.args == micro.args
+    assert_same_weights(micro, ref)
+
+
+def test_round_trips_through_both_layouts_are_bit_exact(micro, saved, tmp_path):
+    first = load_model(saved)
+    assert_same_weights(micro, first)
+    assert not first.training
+    hf_dir = convert(saved, tmp_path / "hf", to="transformers")
+    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == "csm"
+    with safe_open(hf_dir / "model.safetensors", "pt") as f:
+        q = f.get_tensor("backbone_model.layers.0.self_attn.q_proj.weight")
+    assert not torch.equal(q, micro.backbone.layers[0].attn.q_proj.weight)  # rows permuted for rotate-half RoPE
+    assert_same_weights(micro, load_model(hf_dir))
+    back = convert(hf_dir, tmp_path / "sesame", to="sesame")
+    assert json.loads((back / "config.json").read_text()) == micro.args.to_dict()
+    assert_same_weights(micro, load_model(back))
+
+
+def test_dtypes(micro, tmp_path):
+    half = build_model("micro", seed=3, dtype=torch.bfloat16)
+    with safe_open(save_model(half, tmp_path / "fp32") / "model.safetensors", "pt") as f:
+        assert f.get_tensor("audio_head").dtype == torch.float32
+    with safe_open(save_model(half, tmp_path / "bf16", dtype=None) / "model.safetensors", "pt") as f:
+        assert f.get_tensor("audio_head").dtype == torch.bfloat16
+    loaded = load_model(tmp_path / "fp32", dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert_same_weights(half, loaded)
+
+
+def test_ckpt_pt_loads(micro, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(micro.args.to_dict()))
+    torch.save(micro.state_dict(), tmp_path / "ckpt.pt")
+    assert_same_weights(micro, load_model(tmp_path))
+    assert_same_weights(micro, load_model(tmp_path / "ckpt.pt"))
+
+
+def test_ckpt_pt_without_config_is_csm_1b(micro, tmp_path):
+    # The first release shipped ckpt.pt alone; its config is csm-1b, which a micro state dict is not.
+    torch.save(micro.state_dict(), tmp_path / "ckpt.pt")
+    with pytest.raises(
+        CheckpointError,
+        match=r"ckpt\.pt \(config llama-1B/llama-100M\): tensor 'audio_head' has shape \(31, 32, 2051\), "
+        r"the config expects \(31, 1024, 2051\)",
+    ):
+        load_model(tmp_path)
+
+
+def test_sharded_transformers_checkpoint_loads(micro, tmp_path):
+    hf_state, hf_config = to_transformers(micro.state_dict(), micro.args)
+    names = sorted(hf_state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        save_file({k: hf_state[k].contiguous() for k in keys}, tmp_path / file, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in shards.items() for k in keys}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    assert_same_weights(micro, load_model(tmp_path))
+
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="index.json: lists shard model-00002-of-00002.safetensors, which is"):
+        load_model(tmp_path)
+
+
+HUB_SCRIPT = """
+import sys, torch
+from csm_adapt.checkpoint import load_model
+from csm_adapt.errors import CheckpointError
+model = load_model("someone/csm-micro")
+torch.save(model.state_dict(), sys.argv[1])
+try:
+    load_model("someone/not-cached")
+except CheckpointError as e:
+    print("ERROR:", e)
+"""
+
+
+def test_hub_id_loads_from_an_offline_cache(micro, tmp_path):
+    snapshot = tmp_path / "hub" / "models--someone--csm-micro" / "snapshots" / "0123abcd"
+    save_model(micro, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    out = tmp_path / "state.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    state = torch.load(out, weights_only=True)
+    assert all(torch.equal(state[n], t) for n, t in micro.state_dict().items())
+    assert "ERROR: someone/not-cached: cannot fetch from the Hugging Face hub" in result.stdout
+
+
+def write_original(directory: Path, state: dict, config: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_error_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: not a CSM checkpoint: expected config.json"):
+        load_model(tmp_path)
+
+
+def test_error_other_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    with pytest.raises(CheckpointError, match="config.json: model_type 'llama' is not a CSM checkpoint"):
+        load_model(tmp_path)
+
+
+def test_error_unknown_config_key(micro, tmp_path):
+    config = {**micro.args.to_dict(), "dropout": 0.1}
+    write_original(tmp_path, micro.state_dict(), config)
+    with pytest.raises(CheckpointError, match=r"config.json: unknown model config key\(s\) \['dropout'\]"):
+        load_model(tmp_path)
+
+
+def test_error_missing_tensor(micro, tmp_path):
+    state = {n: t for n, t in micro.state_dict().items() if n != "decoder.layers.1.mlp.w2.weight"}
+    write_original(tmp_path, state, micro.args.to_dict())
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors .*missing tensor 'decoder.layers.1.mlp.w2.weight' of shape \(32, 64\)"
+    ):
+        load_model(tmp_path)
+
+
+def test_error_unexpected_tensor(micro, tmp_path):
+    # The community bug: cache buffers saved with the weights.
+    state = {**micro.state_dict(), "backbone.layers.0.attn.kv_cache.k_cache": torch.zeros(2, 3)}
+    write_original(tmp_path, state, micro.args.to_dict())
+    with pytest.raises(
+        CheckpointError, match=r"unexpected tensor 'backbone.layers.0.attn.kv_cache.k_cache' of shape \(2, 3\)"
+    ):
+        load_model(tmp_path)
+
+
+def test_error_shape_mismatch_names_both_shapes(micro, tmp_path):
+    state = {**micro.state_dict(), "codebook0_head.weight": torch.zeros(2048, 64)}
+    write_original(tmp_path, state, micro.args.to_dict())
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'codebook0_head.weight' has shape \(2048, 64\), the config expects \(2051, 64\)"
+    ):
+        load_model(tmp_path)
+
+
+def test_error_nonexistent_path(tmp_path):
+    with pytest.raises(CheckpointError, match=f"{tmp_path}/nope: no such checkpoint"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="runs/a/b: no such checkpoint file or directory"):
+        load_model("runs/a/b")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(micro, saved, monkeypatch):
+    def crash(state, path, metadata):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(build_model("micro", seed=4), saved)
+    assert sorted(os.listdir(saved)) == ["config.json", "model.safetensors"]
+    assert_same_weights(micro, load_model(saved))
+
+
+def test_cli_convert(micro, saved, tmp_path):
+    runner = CliRunner()
+    help_text = runner.invoke(convert_command, ["--help"]).output
+    assert "--to [transformers|sesame]" in help_text and "ckpt.pt" in help_text
+    result = runner.invoke(convert_command, [str(saved), str(tmp_path / "hf"), "--to", "transformers"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "csm"
+    args = [str(tmp_path / "hf"), str(tmp_path / "bf16"), "--to", "sesame", "--dtype", "bfloat16"]
+    result = runner.invoke(convert_command, args)
+    assert result.exit_code == 0, result.output
+    bf16 = build_model("micro", seed=3, dtype=torch.bfloat16)
+    assert_same_weights(bf16, load_model(tmp_path / "bf16", dtype=torch.bfloat16))
+    bad = runner.invoke(convert_command, [str(tmp_path / "nope"), str(tmp_path / "x"), "--to", "sesame"])
+    assert isinstance(bad.exception, CheckpointError)

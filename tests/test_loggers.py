@@ -1,0 +1,160 @@
+"""The built-in loggers: tensorboard (event files read back), console (rendered output) and jsonl."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from tensorboard.backend.event_processing.event_accumulator import AUDIO, SCALARS, TENSORS, EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from csm_adapt.dict_config import from_dict
+from csm_adapt.errors import ConfigError
+from csm_adapt.plugin_api import NoOptions, RunInfo
+from csm_adapt_plugins.console_logger import ConsoleLogger, ConsoleOptions
+from csm_adapt_plugins.jsonl_logger import JsonlLogger
+from csm_adapt_plugins.tensorboard_logger import TensorBoardLogger, TensorBoardOptions, flatten
+
+RECIPE_TOML = '[train]\nlr = 3e-5\n\n[loss]\nstrategy = "amortized"\n'
+RUN = RunInfo(total_steps=100, start_step=0, recipe={"train": {"lr": 3e-5}}, recipe_toml=RECIPE_TOML)
+
+
+def val_scalars(loss: float) -> dict[str, float]:
+    accuracies = {f"val/acc/c{k:02d}": 0.5 if k == 0 else 0.25 for k in range(32)}
+    return {"val/loss": loss, "val/loss_c0": 1.5, "val/loss_decoder": 2.5, **accuracies}
+
+
+def read_events(log_dir) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={AUDIO: 0, SCALARS: 0, TENSORS: 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_event_file_holds_scalars_audio_text_and_recipe(tmp_path):
+    logger = TensorBoardLogger(TensorBoardOptions(), tmp_path)
+    logger.begin(RUN)
+    logger.log_scalars(10, {"train/loss": 3.0, "train/lr": 1e-5})
+    logger.log_scalars(20, {"train/loss": 2.0, "train/lr": 2e-5})
+    logger.log_scalars(20, val_scalars(2.2))
+    wav = torch.sin(torch.arange(2400) / 10) * 1.5  # 0.1 s, partly out of [-1, 1]
+    logger.log_audio(20, "samples/0", wav, 24000)
+    logger.log_text(20, "samples/0", "Marie aime les pommes.")
+    logger.close()
+
+    events = read_events(tmp_path / "tensorboard")
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(10, 3.0), (20, 2.0)]
+    assert events.Scalars("val/loss")[0].value == pytest.approx(2.2)
+    assert len(events.Tags()["scalars"]) == 2 + 3 + 32
+    (audio,) = events.Audio("samples/0")
+    assert (audio.step, audio.sample_rate, audio.length_frames) == (20, 24000, 2400)
+    assert audio.encoded_audio_string[:4] == b"RIFF"
+    texts = {tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]}
+    assert texts["samples/0/text_summary"] == "Marie aime les pommes."
+    assert RECIPE_TOML in texts["recipe/text_summary"] and texts["recipe/text_summary"].startswith("```toml")
+
+
+def test_tensorboard_hparams_are_flattened_and_final_metrics_recorded(tmp_path):
+    logger = TensorBoardLogger(TensorBoardOptions(subdir="tb"), tmp_path)
+    logger.begin(RUN)
+    logger.log_scalars(100, {"train/loss": 1.0})
+    logger.log_hparams({"train": {"lr": 3e-5, "seed": 0}, "plugins": ["x.py"], "name": "demo"}, {"val/loss": 1.25})
+    logger.close()
+    events = read_events(tmp_path / "tb")
+    (final,) = events.Scalars("hparam/val/loss")
+    assert (final.step, final.value) == (100, 1.25)
+    start = events.SummaryMetadata("_hparams_/session_start_info").plugin_data
+    hparams = HParamsPluginData.FromString(start.content).session_start_info.hparams
+    assert start.plugin_name == "hparams"
+    assert {name: value.WhichOneof("kind") for name, value in hparams.items()} == {
+        "train.lr": "number_value",
+        "train.seed": "number_value",
+        "name": "string_value",
+    }
+
+
+def test_flatten_keeps_only_values_tensorboard_accepts():
+    tree = {"train": {"lr": 3e-5, "steps": 10, "bf16": True}, "model": {"config": "tiny"}, "plugins": [], "x": None}
+    assert flatten(tree) == {"train.lr": 3e-5, "train.steps": 10, "train.bf16": True, "model.config": "tiny"}
+
+
+def test_tensorboard_resume_drops_events_logged_after_the_checkpoint(tmp_path):
+    first = TensorBoardLogger(TensorBoardOptions(), tmp_path)
+    first.begin(RUN)
+    for step in (10, 20, 30):
+        first.log_scalars(step, {"train/loss": float(step)})
+    first.close()  # killed after step 30; the last checkpoint was at step 20
+    resumed = TensorBoardLogger(TensorBoardOptions(), tmp_path)
+    resumed.begin(RunInfo(total_steps=100, start_step=20, recipe={}, recipe_toml=""))
+    resumed.log_scalars(30, {"train/loss": 29.0})
+    resumed.close()
+    steps = [(e.step, e.value) for e in read_events(tmp_path / "tensorboard").Scalars("train/loss")]
+    assert steps == [(10, 10.0), (20, 20.0), (30, 29.0)]
+
+
+def console_logger(force_terminal: bool) -> tuple[ConsoleLogger, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=force_terminal, width=120, color_system=None)
+    return ConsoleLogger(ConsoleOptions(), Path("runs/x"), console=console), out
+
+
+def test_console_renders_a_validation_table_with_an_accuracy_summary():
+    logger, out = console_logger(force_terminal=False)
+    logger.begin(RUN)
+    logger.log_scalars(50, val_scalars(2.2))
+    logger.close()
+    text = out.getvalue()
+    assert "validation at step 50" in text
+    for row in ("loss  ", "loss_c0", "loss_decoder", "2.2000", "1.5000", "2.5000"):
+        assert row in text
+    assert "acc c0" in text and "0.500" in text
+    assert "acc c1..c31 (mean)" in text and "0.250" in text
+    assert "acc/c07" not in text  # folded into the summary, not 32 rows
+
+
+def test_console_without_a_terminal_prints_one_readable_line_per_logged_step():
+    logger, out = console_logger(force_terminal=False)
+    logger.begin(RunInfo(total_steps=100, start_step=40, recipe={}, recipe_toml=""))
+    logger.log_scalars(50, {"train/loss": 2.34567, "train/lr": 3e-5, "train/frames_per_s": 1234.4, "train/grad_norm": 1})
+    logger.log_scalars(60, {"train/loss": 2.0, "train/lr": 3e-5, "train/frames_per_s": 1000.0})
+    logger.log_audio(60, "samples/0", torch.zeros(36000), 24000)
+    logger.log_text(60, "samples/0", "Bonjour.")
+    logger.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "training for 100 steps, resuming after step 40; logs in runs/x"
+    assert lines[1].startswith("step 50/100  loss 2.3457  lr 3.00e-05  1234 frames/s")
+    assert lines[2].startswith("step 60/100  loss 2.0000")
+    assert lines[3:] == ["step 60: samples/0: 1.5 s of audio", "step 60: samples/0: Bonjour."]
+    assert "\x1b" not in out.getvalue()  # no cursor control codes in a log file
+
+
+def test_console_on_a_terminal_draws_a_progress_bar():
+    logger, out = console_logger(force_terminal=True)
+    logger.begin(RUN)
+    logger.log_scalars(25, {"train/loss": 1.5, "train/lr": 1e-4, "train/frames_per_s": 99.0})
+    logger.close()
+    text = out.getvalue()
+    assert "25/100" in text and "loss 1.5000" in text and "99 frames/s" in text
+    assert "step 25/100  loss" not in text  # the bar, not the plain log line
+
+
+def test_console_options_reject_a_non_positive_refresh_rate():
+    with pytest.raises(ConfigError, match="loggers.0.refresh_per_second: must be > 0, got 0"):
+        from_dict(ConsoleOptions, {"refresh_per_second": 0}, "loggers.0")
+
+
+def test_jsonl_lines_parse(tmp_path):
+    logger = JsonlLogger(NoOptions(), tmp_path)
+    logger.begin(RUN)
+    logger.log_scalars(5, {"train/loss": 2.5, "train/acc/c00": 0.125})
+    logger.log_scalars(10, {"val/loss": 3})
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["name"], r["value"]) for r in records] == [
+        (5, "train/loss", 2.5),
+        (5, "train/acc/c00", 0.125),
+        (10, "val/loss", 3.0),
+    ]
