@@ -64,7 +64,8 @@ def main(device: str, batch_seconds: float, repeat: int, as_json: bool) -> None:
         table.add_column(column, justify="right")
     for mode in ("batched", "one_clip_at_a_time"):
         r = results[mode]
-        table.add_row(mode, str(r["clips"]), f"{r['hours'] * 3600:.1f}", f"{r['processing_s']:.2f}", f"{r['clips_per_s']:.2f}", f"{r['audio_s_per_s']:.2f}")
+        cells = (r["hours"] * 3600, r["processing_s"], r["clips_per_s"], r["audio_s_per_s"])
+        table.add_row(mode, str(r["clips"]), *(f"{cell:.2f}" for cell in cells))
     Console().print(table)
 
 

@@ -156,7 +156,13 @@ def _encode_shards(
     shards: list[_Shard], data: DataConfig, frontend: Frontend, progress_dir: Path, console: Console
 ) -> list[dict]:
     """Each shard's record, encoding and writing the shards that have none yet."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     records = []
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("prepare", total=sum(len(shard.samples) for shard in shards))
@@ -202,7 +208,12 @@ def _load_frontend(model: ModelConfig, device: str | None) -> Frontend:
 
 
 def _index(
-    data: DataConfig, model: ModelConfig, frontend: Frontend, shards: list[_Shard], records: list[dict], read_rejects: list[Reject]
+    data: DataConfig,
+    model: ModelConfig,
+    frontend: Frontend,
+    shards: list[_Shard],
+    records: list[dict],
+    read_rejects: list[Reject],
 ) -> dict:
     splits = {split: {"shards": []} for split in SPLITS}
     for shard, record in zip(shards, records):

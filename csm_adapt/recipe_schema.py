@@ -14,6 +14,7 @@ import attrs
 
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import Turn
+from csm_adapt.sweep_config import SweepConfig
 
 # `owner/name` on the Hugging Face hub.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -170,3 +171,4 @@ class Recipe:
     loggers: tuple[LoggerRef, ...] = ()
     samples: SamplesConfig = attrs.field(factory=SamplesConfig)
     output: OutputConfig
+    sweep: SweepConfig | None = None  # read by `csm-adapt sweep` only

@@ -125,7 +125,8 @@ def _decode(sample: Sample, frontend: Frontend, max_rows: int) -> tuple[list[tup
         frames = math.ceil(wav.shape[-1] / frontend.codec.samples_per_frame)
         clip = _Clip(turn, tokens, wav, frames, wav.shape[-1] / frontend.codec.sample_rate)
         if clip.rows > max_rows:
-            return [], _reject(sample, turn, "too long", f"{turn.audio}: {clip.rows} rows, over max_rows={max_rows}")
+            detail = f"{turn.audio}: {clip.rows} rows, over max_rows={max_rows}"
+            return [], _reject(sample, turn, "too long", detail)
         clips.append(clip)
     pieces = _split(clips, max_rows)
     if len(pieces) == 1:

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import attrs
 import torch
@@ -114,8 +115,12 @@ def _build_model(recipe: Recipe, device) -> torch.nn.Module:
     return model
 
 
-def train(recipe: Recipe, *, resume: bool = False, console=None) -> Path:
-    """Run the recipe's training; returns the final checkpoint directory."""
+def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int, dict], None] | None = None) -> Path:
+    """Run the recipe's training; returns the final checkpoint directory.
+
+    `on_validation(step, metrics)` is called after each validation (a sweep reports to its pruner
+    there; an exception it raises stops the run).
+    """
     cfg = recipe.train
     run_dir = Path(recipe.output.run_dir)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -206,7 +211,7 @@ def train(recipe: Recipe, *, resume: bool = False, console=None) -> Path:
             # The one host sync of the loop: only on steps that log, validate or save anything.
             if bool(all_reduce_sum(nonfinite.float(), d) > 0):
                 where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved yet"
-                raise TrainingError(f"non-finite loss or gradients before step {done}; stopped, {where}. Lower train.lr or use fp32/bf16")
+                raise TrainingError(f"non-finite loss or gradients by step {done}; stopped, {where}. Lower train.lr, or use bf16 instead of fp16")
         if due(cfg.log_every):
             now = time.perf_counter()
             metrics = totals.metrics("train", d)
@@ -230,6 +235,8 @@ def train(recipe: Recipe, *, resume: bool = False, console=None) -> Path:
             metrics = validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d)
             for logger in loggers:
                 logger.log_scalars(done, metrics)
+            if on_validation is not None:
+                on_validation(done, metrics)
             if metrics["val/loss"] < best_val:
                 best_val = metrics["val/loss"]
                 full = parallel.full_model(wrapped)

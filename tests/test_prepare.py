@@ -164,7 +164,9 @@ def test_conversations_split_at_turn_boundaries(tmp_path, frontend):
     for name in ("a", "b", "c", "d"):
         tone(tmp_path / f"{name}.wav", 0.4)  # 5 frames + text: about 15 rows a turn
     tone(tmp_path / "long.wav", 3.0)
-    turn = lambda name, speaker, **kw: {"speaker": speaker, "text": f"Tour {name}.", "path": f"{name}.wav", **kw}  # noqa: E731
+    def turn(name, speaker, **extra):
+        return {"speaker": speaker, "text": f"Tour {name}.", "path": f"{name}.wav", **extra}
+
     dialogues = [
         {"id": "d1", "turns": [turn("a", 0), turn("b", 1), turn("c", 0), turn("d", 1)]},
         {"id": "d2", "turns": [turn("a", 0), turn("long", 1)]},
@@ -185,7 +187,8 @@ def test_conversations_split_at_turn_boundaries(tmp_path, frontend):
         assert s["codes.npy"].shape[1] == sum(t["frames"] for t in turns)
         assert len(s["text.npy"]) == sum(t["text_tokens"] for t in turns)
     assert [t["speaker"] for t in samples[0]["json"]["turns"]] == [0, 1]
-    rejects = {(r["id"], r["reason"]) for r in map(json.loads, (data.out / "rejects.jsonl").read_text().splitlines())}
+    lines = (data.out / "rejects.jsonl").read_text().splitlines()
+    rejects = {(r["id"], r["reason"]) for r in map(json.loads, lines)}
     assert rejects == {("d2", "too long"), ("d3-part0", "no target turn")}
     assert index["summary"]["rejected_by_reason"] == {"no target turn": 1, "too long": 1}
 
@@ -215,7 +218,11 @@ def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, t
     assert sorted(p.name for p in resumed.out.glob("*.tar")) == written
 
     written.clear()
-    monkeypatch.setattr(prepare_module, "write_shard", lambda path, samples: (real_write(path, samples), written.append(path.name)))
+    def write_and_note(path, samples):
+        real_write(path, samples)
+        written.append(path.name)
+
+    monkeypatch.setattr(prepare_module, "write_shard", write_and_note)
     index = prepare(resumed, MODEL, console=QUIET, frontend=frontend)
     assert written == ["train-000002.tar", "val-000000.tar"]  # the first two were kept
     assert shard_bytes(resumed.out) == shard_bytes(whole.out)
@@ -264,9 +271,8 @@ def test_val_split_is_seeded_order_independent_and_can_hold_out_speakers():
 def test_explicit_val_reader(clips, tmp_path, frontend):
     val_meta = tmp_path / "val.jsonl"
     val_meta.write_text(json.dumps({"text": "Validation.", "path": str(clips / "flac.flac"), "id": "v1"}) + "\n")
-    data = json_data(
-        clips / "meta.jsonl", tmp_path / "out", val_fraction=0.5, val_reader=ReaderRef("json", JsonOptions(path=val_meta), JsonReader)
-    )
+    val_reader = ReaderRef("json", JsonOptions(path=val_meta), JsonReader)
+    data = json_data(clips / "meta.jsonl", tmp_path / "out", val_fraction=0.5, val_reader=val_reader)
     index = prepare(data, MODEL, console=QUIET, frontend=frontend)
     assert index["summary"]["kept"] == {"train": 4, "val": 1}
     assert [s["json"]["id"] for s in read_tar(data.out / "val-000000.tar")] == ["v1"]

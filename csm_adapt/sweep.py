@@ -1,0 +1,74 @@
+"""A hyperparameter sweep, top to bottom: check the search space, prepare the data once, open (or
+resume) the study, run the workers until the study has its trials, report.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+
+from csm_adapt.errors import ConfigError, CsmAdaptError
+from csm_adapt.prepare import prepare
+from csm_adapt.recipe import load_recipe
+from csm_adapt.recipe_schema import Recipe
+from csm_adapt.sweep_report import report
+from csm_adapt.sweep_space import check_space
+from csm_adapt.sweep_study import open_storage, open_study, retry_interrupted
+from csm_adapt.sweep_worker import Job
+from csm_adapt.sweep_workers import launch, plan_slots, visible_gpus, wait
+
+
+def sweep_dir(recipe: Recipe) -> Path:
+    return recipe.sweep.dir or Path(f"{recipe.output.run_dir}-sweep")
+
+
+def study_name(recipe: Recipe) -> str:
+    return recipe.sweep.study_name or recipe.output.run_dir.name
+
+
+def run_sweep(
+    recipe_path: Path, overrides: Sequence[str], *, trials: int | None = None, workers: int | None = None,
+    workers_per_gpu: int = 1, storage: str | None = None, console: Console | None = None,
+) -> Path | None:  # fmt: skip
+    """Run (or resume) the sweep of `recipe_path`'s [sweep] table; returns best.toml's path."""
+    console = console or Console()
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.sweep is None:
+        raise ConfigError(f"{recipe_path}: no [sweep] table: nothing to search (see the sweep section of the README)")
+    check_space(recipe_path, overrides, recipe.sweep)
+    out = sweep_dir(recipe)
+    # Shards first, once: every trial reads the same data.out.
+    prepare(recipe.data, recipe.model, console=console)
+
+    gpus = visible_gpus()
+    slots = plan_slots(workers or max(1, len(gpus) * workers_per_gpu), workers_per_gpu, gpus, os.cpu_count() or 1)
+    study = open_study(recipe.sweep, open_storage(storage, out), study_name(recipe))
+    if storage is None:
+        retried = retry_interrupted(study)
+        if retried:
+            console.print(f"[yellow]trials {', '.join(map(str, retried))} were interrupted: marked failed, their parameters queued again")
+    total = trials or recipe.sweep.trials
+    console.print(f"sweep {study.study_name}: {total} trials, {len(slots)} worker(s) on {'GPU' if gpus else 'CPU'}, in {out}")
+
+    job = Job(recipe=str(recipe_path.absolute()), overrides=tuple(overrides), storage=storage,
+              study_name=study.study_name, sweep_dir=str(out), trials=total)  # fmt: skip
+    seen: set[int] = set()
+
+    def print_finished() -> None:
+        for t in study.get_trials(deepcopy=False):
+            if t.state.is_finished() and t.number not in seen:
+                seen.add(t.number)
+                value = "" if t.value is None else f" {recipe.sweep.objective}={t.value:.4f}"
+                console.print(f"trial {t.number}: {t.state.name.lower()}{value} {t.params}")
+
+    print_finished()  # what a resumed sweep already has
+    codes = wait(launch(job, slots, out / "logs"), print_finished)
+    best = report(study, recipe_path, overrides, recipe, out, console)
+    failed = [i for i, code in enumerate(codes) if code != 0]
+    if failed:
+        logs = ", ".join(str(out / "logs" / f"worker-{i}.log") for i in failed)
+        raise CsmAdaptError(f"sweep worker(s) {failed} stopped with an error; see {logs}")
+    return best
