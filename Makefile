@@ -3,22 +3,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Only the tests need it: PostgreSQL serves the sweep's database-storage test, which skips without it.
+TEST_SYSTEM_PACKAGES := postgresql
 
-.PHONY: setup demo test
+.PHONY: setup test-system-packages demo test
 setup: $(VENV)/.installed
 
-# Re-installs only when pyproject.toml changes. espeak-ng regenerates the demo speech; its absence
-# only matters for that script, so a machine without apt-get still sets up.
+# Re-installs only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
-	@if ! command -v espeak-ng >/dev/null && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && apt-get install -y -qq espeak-ng) || echo "warning: could not install espeak-ng"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+test-system-packages:
+	@if command -v apt-get >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_SYSTEM_PACKAGES) >/dev/null) \
+		|| echo "warning: could not install $(TEST_SYSTEM_PACKAGES); the tests that need them will skip"; fi
+
 demo: setup
 	$(BIN)/csm-adapt run recipes/demo.toml
 
-test: setup
+test: setup test-system-packages
 	$(BIN)/python -m pytest -q

@@ -9,9 +9,7 @@ Writes seeded synthetic shards (DATA.md format) with a realistic length mix, 2-1
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -22,37 +20,25 @@ from rich.table import Table
 
 from csm_adapt.loader import TrainLoader
 from csm_adapt.packing import Packer
+from csm_adapt.shards import PreparedSample, write_shard
 
 K = 32
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 def write_shards(root: Path, samples: int, per_shard: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     shards = []
     for n, start in enumerate(range(0, samples, per_shard)):
-        name, rows = f"train-{n:06d}.tar", []
-        with tarfile.open(root / name, "w") as tar:
-            for i in range(start, min(samples, start + per_shard)):
-                frames, tokens = int(rng.integers(25, 191)), int(rng.integers(10, 61))
-                meta = {"id": f"u{i}", "source": f"synthetic:{i}", "rows": tokens + frames + 1,
-                        "turns": [{"speaker": 0, "text": "", "text_tokens": tokens, "frames": frames, "target": True,
-                                   "audio": "", "start": None, "end": None}]}  # fmt: skip
-                _add(tar, f"u{i}.codes.npy", _npy(rng.integers(0, 2048, (K, frames)).astype(np.int16)))
-                _add(tar, f"u{i}.text.npy", _npy(rng.integers(0, 128256, tokens).astype(np.int32)))
-                _add(tar, f"u{i}.json", json.dumps(meta).encode())
-                rows.append(meta["rows"])
+        name, shard = f"train-{n:06d}.tar", []
+        for i in range(start, min(samples, start + per_shard)):
+            frames, tokens = int(rng.integers(25, 191)), int(rng.integers(10, 61))
+            meta = {"id": f"u{i}", "source": f"synthetic:{i}", "rows": tokens + frames + 1,
+                    "turns": [{"speaker": 0, "text": "", "text_tokens": tokens, "frames": frames, "target": True,
+                               "audio": "", "start": None, "end": None}]}  # fmt: skip
+            codes = rng.integers(0, 2048, (K, frames)).astype(np.int16)
+            shard.append(PreparedSample(f"u{i}", codes, rng.integers(0, 128256, tokens).astype(np.int32), meta))
+        write_shard(root / name, shard)
+        rows = [s.rows for s in shard]
         shards.append({"name": name, "samples": len(rows), "rows": rows, "frames": 0, "seconds": 0.0})
     index = {"version": 1, "data_hash": "synthetic", "num_codebooks": K, "max_rows": 2048,
              "splits": {"train": {"shards": shards}, "val": {"shards": shards[:1]}}, "summary": {}}  # fmt: skip

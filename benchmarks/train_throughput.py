@@ -72,10 +72,11 @@ MFU_FORMULA = (
 
 @attrs.frozen
 class Step:
-    """One optimizer step's data, in both layouts: packed batches (ours) and their samples (baseline)."""
+    """One optimizer step's data in both layouts: packed batches (ours), padded batches (baseline)."""
 
     packed: tuple[tuple[Batch, torch.Tensor], ...]  # (batch, decoder mask [B, S])
-    samples: tuple[tuple[SampleRows, torch.Tensor], ...]  # (sample, decoder mask [R])
+    padded: tuple[tuple[Batch, torch.Tensor], ...]  # the same samples, one per sequence
+    samples: int
     frames: int
     decoder_frames: int
     flops: float
@@ -117,15 +118,37 @@ def unpack(batch: Batch, decoder_mask: torch.Tensor) -> list[tuple[SampleRows, t
     return out
 
 
-def make_steps(batches: list[Batch], accum: int, args: ModelArgs, seed: int) -> list[Step]:
-    """Groups `accum` batches per optimizer step and draws the decoder frames once, for both layouts."""
+def padded_batches(samples: list[tuple[SampleRows, torch.Tensor]], batch_size: int) -> list[tuple[Batch, torch.Tensor]]:
+    """The community layout: one sample per sequence, `batch_size` samples per batch padded to the
+    longest, bucketed by frame count (the community sampler's intent; its bug bucketed by len() == 32)."""
+    by_frames = sorted(samples, key=lambda s: int(s[0].target_mask.sum()))
+    out = []
+    for start in range(0, len(by_frames), batch_size):
+        chunk = by_frames[start : start + batch_size]
+        batch = collate([[s] for s, _ in chunk], [""] * len(chunk))
+        dmask = torch.nn.utils.rnn.pad_sequence([m for _, m in chunk], batch_first=True)
+        out.append((batch, torch.nn.functional.pad(dmask, (0, batch.tokens.shape[1] - dmask.shape[1]))))
+    return out
+
+
+def make_steps(batches: list[Batch], accum: int, args: ModelArgs, seed: int, baseline_batch: int) -> list[Step]:
+    """Groups `accum` batches per optimizer step and draws the decoder frames once, for both layouts.
+    Batches are built here, outside the timed steps, as data loader workers would."""
     strategy, gen = Amortized(AmortizedOptions()), torch.Generator().manual_seed(seed)
     steps = []
     for start in range(0, len(batches) - accum + 1, accum):
         packed = tuple((b, strategy.select_decoder_frames(b.target_mask, gen)) for b in batches[start : start + accum])
-        samples = tuple(s for b, m in packed for s in unpack(b, m))
-        flops = sum(model_flops(args, b, m) for b, m in packed)
-        steps.append(Step(packed, samples, sum(b.num_frames for b, _ in packed), sum(int(m.sum()) for _, m in packed), flops))
+        samples = [s for b, m in packed for s in unpack(b, m)]
+        steps.append(
+            Step(
+                packed=packed,
+                padded=tuple(padded_batches(samples, baseline_batch)),
+                samples=len(samples),
+                frames=sum(b.num_frames for b, _ in packed),
+                decoder_frames=sum(int(m.sum()) for _, m in packed),
+                flops=sum(model_flops(args, b, m) for b, m in packed),
+            )
+        )
     return steps
 
 
@@ -184,19 +207,14 @@ def our_step(model, optimizer, step: Step, device, precision: str, forward, cloc
     return total
 
 
-def baseline_step(model, optimizer, step: Step, device, batch_size: int, clock: Clock) -> torch.Tensor:
-    """The community step over the same samples: bucketed, padded micro-batches, fp32, unfused AdamW."""
+def baseline_step(model, optimizer, step: Step, device, clock: Clock) -> torch.Tensor:
+    """The community step over the same samples: padded micro-batches, fp32, unfused AdamW."""
     strategy = Amortized(AmortizedOptions())
     n_c0, n_dec = max(step.frames, 1), max(step.decoder_frames, 1)
     total = torch.zeros((), device=device)
-    # Bucketed by frame count (the community sampler's intent; its bug bucketed by len() == 32).
-    by_frames = sorted(step.samples, key=lambda s: int(s[0].target_mask.sum()))
-    for start in range(0, len(by_frames), batch_size):
-        chunk = by_frames[start : start + batch_size]
-        batch = collate([[s] for s, _ in chunk], [""] * len(chunk)).to(device)
-        dmask = torch.nn.utils.rnn.pad_sequence([m for _, m in chunk], batch_first=True)
-        dmask = torch.nn.functional.pad(dmask, (0, batch.tokens.shape[1] - dmask.shape[1])).to(device)
-        out = baseline_forward(model, batch.tokens, batch.mask, batch.target_mask, dmask)
+    for batch, dmask in step.padded:
+        batch = batch.to(device)
+        out = baseline_forward(model, batch.tokens, batch.mask, batch.target_mask, dmask.to(device, non_blocking=True))
         parts = loss_parts(out)
         loss = strategy.combine(LossParts(parts.c0 * parts.c0_frames / n_c0, parts.decoder * parts.decoder_frames / n_dec, 0, 0))
         clock("forward")
@@ -337,7 +355,7 @@ def _step_fn(name: str, args: ModelArgs, cfg: TrainConfig, device, precision: st
     model = build_model(args, seed=opts.seed, device=device).train()
     if name == "baseline":
         optimizer = baseline_optimizer(model, cfg)
-        return lambda step, clock: baseline_step(model, optimizer, step, device, opts.baseline_batch, clock)
+        return lambda step, clock: baseline_step(model, optimizer, step, device, clock)
     set_trainable(model, cfg)
     model.backbone.checkpoint_layers = model.decoder.checkpoint_layers = cfg.activation_checkpointing
     optimizer = build_optimizer(model, cfg)
@@ -351,7 +369,7 @@ def run(opts: argparse.Namespace) -> dict:
     precision = opts.precision or ("bf16" if device.type == "cuda" else "fp32")
     rows_per_step = opts.rows_per_step or opts.rows
     accum = max(1, rows_per_step // opts.rows)
-    packer = Packer(max_rows=min(2048, opts.rows), rows_per_batch=opts.rows, pad_multiple=opts.pad_multiple)
+    packer = Packer(max_rows=min(opts.max_rows, opts.rows), rows_per_batch=opts.rows, pad_multiple=opts.pad_multiple)
     n_batches = (opts.warmup + opts.steps) * accum
     if opts.data:
         it = iter(TrainLoader(opts.data, packer, seed=opts.seed, num_workers=0))
@@ -360,7 +378,7 @@ def run(opts: argparse.Namespace) -> dict:
         # ~1.3x the samples the steps need: the pool's sparse last batches are left unused.
         per_batch = max(1, opts.rows // 150)
         batches = synthetic_batches(int(n_batches * per_batch * 1.3) + 8, args, packer, opts.seed)[:n_batches]
-    steps = make_steps(batches, accum, args, opts.seed)
+    steps = make_steps(batches, accum, args, opts.seed, opts.baseline_batch)
     if len(steps) < opts.warmup + opts.steps:
         raise SystemExit(f"only {len(steps)} steps of data for --warmup {opts.warmup} + --steps {opts.steps}")
     cfg = TrainConfig(activation_checkpointing=opts.activation_checkpointing, compile=opts.compile)
@@ -381,7 +399,7 @@ def run(opts: argparse.Namespace) -> dict:
         | {"precision": precision, "accum": accum, "rows_per_step": rows_per_step},
         "machine": machine(device),
         "data": {
-            "samples_per_step": statistics.mean(len(s.samples) for s in measured),
+            "samples_per_step": statistics.mean(s.samples for s in measured),
             "frames_per_step": statistics.mean(s.frames for s in measured),
             "decoder_frames_per_step": statistics.mean(s.decoder_frames for s in measured),
         },
@@ -423,12 +441,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", type=int, default=2048, help="rows per micro-batch (B*S budget of one forward)")
     p.add_argument("--rows-per-step", type=int, help="rows per optimizer step (default: --rows, no accumulation)")
+    p.add_argument("--max-rows", type=int, default=2048, help="rows of one packed sequence (data.max_rows)")
     p.add_argument("--pad-multiple", type=int, default=64)
     p.add_argument("--precision", choices=("bf16", "fp32"), help="ours (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--baseline-batch", type=int, default=8, help="samples per baseline micro-batch")
-    p.add_argument("--steps", type=int, default=10, help="measured optimizer steps per pass")
+    p.add_argument("--steps", type=int, default=6, help="measured optimizer steps per pass")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="passes over the measured steps; the median counts")
     p.add_argument("--data", type=Path, help="prepared data dir (default: seeded synthetic samples)")

@@ -36,12 +36,15 @@ def unwrap(model: nn.Module) -> CSM:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def full_model(model: nn.Module) -> CSM:
-    """The whole model as a plain CSM, for saving. Under FSDP every rank must call this (it gathers)."""
+def full_model(model: nn.Module) -> CSM | None:
+    """The whole model as a plain CSM, for saving. Under FSDP every rank must call this (it gathers)
+    and only rank 0 gets the model (the others get None)."""
     plain = unwrap(model)
     if not any(hasattr(p, "full_tensor") for p in plain.parameters()):
         return plain
     state = get_model_state_dict(plain, options=_FULL)
+    if not state:  # cpu_offload gathers the full tensors on rank 0 only
+        return None
     with torch.device("meta"):
         full = CSM(plain.args)
     full.load_state_dict(state, assign=True)

@@ -5,8 +5,8 @@ resume) the study, run the workers until the study has its trials, report.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 
@@ -53,8 +53,11 @@ def run_sweep(
     total = trials or recipe.sweep.trials
     console.print(f"sweep {study.study_name}: {total} trials, {len(slots)} worker(s) on {'GPU' if gpus else 'CPU'}, in {out}")
 
+    # Samplers seeded alike would draw the same points: each worker gets its own seed, and a resumed
+    # sweep new ones (TPE's first trials and the random sampler would otherwise repeat earlier draws).
+    seed = recipe.sweep.sampler.seed + 1000 * len(study.get_trials(deepcopy=False))
     job = Job(recipe=str(recipe_path.absolute()), overrides=tuple(overrides), storage=storage,
-              study_name=study.study_name, sweep_dir=str(out), trials=total)  # fmt: skip
+              study_name=study.study_name, sweep_dir=str(out), trials=total, seed=seed)  # fmt: skip
     seen: set[int] = set()
 
     def print_finished() -> None:

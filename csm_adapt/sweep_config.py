@@ -106,7 +106,7 @@ class PrunerConfig:
 @attrs.frozen(kw_only=True)
 class SamplerConfig:
     name: Literal["tpe", "random"] = "tpe"
-    seed: int = 0  # worker i samples with seed + i, so parallel workers do not draw the same points
+    seed: int = 0  # each worker samples with a seed derived from it (sweep.py)
     # TPE: model the parameters jointly (they interact: lr with warmup, weight decay).
     multivariate: bool | None = None
 

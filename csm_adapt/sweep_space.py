@@ -6,8 +6,9 @@ same override on the command line would be, and checking the space is loading th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 

@@ -11,10 +11,12 @@ start; with an RDB other machines may be mid-trial, so Optuna's heartbeats find 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+import sqlalchemy.exc
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -39,17 +41,24 @@ def open_storage(url: str | None, sweep_dir: Path) -> optuna.storages.BaseStorag
             "or give a PostgreSQL/MySQL URL (several machines)"
         )
     try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, failed_trial_callback=RetryFailedTrialCallback(max_retry=None))
+        with warnings.catch_warnings():
+            # Heartbeats are marked experimental, yet they are Optuna's one way to find dead trials in an RDB.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None))  # fmt: skip
     except (ImportError, ModuleNotFoundError) as e:
-        raise ConfigError(f"--storage {url}: the database driver is missing ({e}); for PostgreSQL: pip install psycopg2-binary") from None
-    except Exception as e:  # SQLAlchemy's errors for a bad URL or unreachable server
+        raise ConfigError(f"--storage {url}: the database driver is missing ({e}); for PostgreSQL: pip install 'psycopg[binary]'") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:  # a malformed URL, an unreachable server
         raise ConfigError(f"--storage {url}: cannot open the database: {e}") from None
 
 
-def open_study(sweep: SweepConfig, storage: optuna.storages.BaseStorage, study_name: str, worker: int = 0) -> optuna.Study:
-    """Create the study, or load it when it exists (a resumed sweep, or another worker)."""
+def open_study(sweep: SweepConfig, storage: optuna.storages.BaseStorage, study_name: str, seed: int | None = None) -> optuna.Study:
+    """Create the study, or load it when it exists (a resumed sweep, or another worker).
+
+    `seed`: the sampler's, when not sweep.sampler.seed (each worker needs its own, see sweep.py).
+    """
     s = sweep.sampler
-    seed = s.seed + worker
+    seed = s.seed if seed is None else seed
     if s.name == "tpe":
         multivariate = True if s.multivariate is None else s.multivariate
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=multivariate)

@@ -38,7 +38,7 @@ class Job:
     study_name: str
     sweep_dir: str
     trials: int
-    worker: int = 0
+    seed: int = 0  # the sampler's
     threads: int = 0  # CPU: torch threads (0: torch's default)
     memory_fraction: float = 1.0  # CUDA: the share of the GPU's memory this worker may use
 
@@ -89,10 +89,11 @@ def work(job: Job) -> None:
     if job.memory_fraction < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(job.memory_fraction)
     sweep = load_recipe(Path(job.recipe), job.overrides).sweep
-    study = open_study(sweep, open_storage(job.storage, Path(job.sweep_dir)), job.study_name, job.worker)
+    study = open_study(sweep, open_storage(job.storage, Path(job.sweep_dir)), job.study_name, job.seed)
     # One trial at a time, re-counting before each: other workers (and machines) share the total.
     while trials_left(study, job.trials) > 0:
-        study.optimize(lambda trial: run_trial(trial, job, sweep), n_trials=1, catch=TRIAL_ERRORS)
+        # gc: a pruned trial's traceback holds the model in reference cycles; free its (GPU) memory now.
+        study.optimize(lambda trial: run_trial(trial, job, sweep), n_trials=1, catch=TRIAL_ERRORS, gc_after_trial=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 
@@ -56,7 +56,7 @@ def launch(job: Job, slots: list[Slot], log_dir: Path) -> list[subprocess.Popen]
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, slot in enumerate(slots):
-        worker_job = attrs.evolve(job, worker=i, threads=slot.threads, memory_fraction=slot.memory_fraction)
+        worker_job = attrs.evolve(job, seed=job.seed + i, threads=slot.threads, memory_fraction=slot.memory_fraction)
         with open(log_dir / f"worker-{i}.log", "ab") as log:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "csm_adapt.sweep_worker", worker_job.to_json()],

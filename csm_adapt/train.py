@@ -150,120 +150,131 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     strategy = recipe.loss.create()
     # Decoder-frame draws: a generator of their own (per rank), saved with checkpoints for exact resume.
     frame_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-    loggers = [ref.create(run_dir) for ref in recipe.loggers] if d.is_main else []
+
     frontend = (recipe.model.text_tokenizer, recipe.model.audio_codec)
     samples = SampleWriter(recipe, model, device, run_dir, d.is_main) if recipe.samples.prompts else None
 
     start, best_val = 0, math.inf
     if resume:
         start, best_val = _resume(run_dir, wrapped, optimizer, scheduler, scaler, train_loader, frame_gen, d)
-    for logger in loggers:
-        logger.begin(RunInfo(total_steps=cfg.steps, start_step=start, recipe=recipe_to_dict(recipe), recipe_toml=recipe_to_toml(recipe)))
+    with _open_loggers(recipe, run_dir, d) as loggers:
+        for logger in loggers:
+            logger.begin(RunInfo(total_steps=cfg.steps, start_step=start, recipe=recipe_to_dict(recipe), recipe_toml=recipe_to_toml(recipe)))
 
-    batches = iter(train_loader)
-    totals = Totals.zeros(model.num_codebooks, device)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    last_log, paused, last_good = time.perf_counter(), 0.0, latest_step_dir(run_dir)
-    for step in range(start, cfg.steps):
-        micro = [next(batches) for _ in range(accum)]
-        # Drawn on the CPU copy: reproducible on any device, and no device sync to count them.
-        decoder_masks = [strategy.select_decoder_frames(b.target_mask, frame_gen) for b in micro]
-        # The loss is a mean over every frame of the global step, whichever rank/micro-batch holds it.
-        counts = torch.tensor([sum(b.num_frames for b in micro), sum(int(m.sum()) for m in decoder_masks)], device=device)
-        n_c0, n_dec = all_reduce_sum(counts.float(), d).clamp(min=1).unbind()
-        try:
-            for i, (batch, dmask) in enumerate(zip(micro, decoder_masks)):
-                # DDP: all-reduce gradients only on the step's last micro-batch.
-                no_sync = i < accum - 1 and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
-                with wrapped.no_sync() if no_sync else contextlib.nullcontext():
-                    with _autocast(device, cfg.precision):
-                        out = _forward(step_fn, batch.to(device), dmask.to(device, non_blocking=True))
-                        parts = loss_parts(out)
-                        global_parts = LossParts(
-                            c0=parts.c0 * parts.c0_frames / n_c0, decoder=parts.decoder * parts.decoder_frames / n_dec,
-                            c0_frames=parts.c0_frames, decoder_frames=parts.decoder_frames,
-                        )  # fmt: skip
-                        # DDP averages gradients over ranks; the loss is already a global mean.
-                        loss = strategy.combine(global_parts) * d.world_size
-                    scaler.scale(loss).backward()
-                nonfinite |= ~torch.isfinite(loss.detach())
-                totals.add(out, parts)
-                totals.rows += batch.num_rows
-        except torch.OutOfMemoryError:
-            raise TrainingError(
-                f"out of memory at step {step + 1} with train.rows_per_micro_batch={cfg.rows_per_micro_batch}: "
-                "lower it (train.rows_per_step keeps the optimizer batch), or set train.activation_checkpointing=true"
-            ) from None
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in wrapped.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        )
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        totals.steps += 1
-        done = step + 1
-
-        due = lambda every: done % every == 0 or done == cfg.steps  # noqa: E731
-        if due(cfg.log_every) or due(cfg.checkpoint_every) or due(cfg.val_every):
-            # The one host sync of the loop: only on steps that log, validate or save anything.
-            if bool(all_reduce_sum(nonfinite.float(), d) > 0):
-                where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved yet"
-                raise TrainingError(f"non-finite loss or gradients by step {done}; stopped, {where}. Lower train.lr, or use bf16 instead of fp16")
-        if due(cfg.log_every):
-            now = time.perf_counter()
-            metrics = totals.metrics("train", d)
-            frames = float(all_reduce_sum(totals.c0_frames.clone(), d))
-            rows = float(all_reduce_sum(torch.tensor(float(totals.rows), device=device), d))
-            # The strategy's own weighting of the interval's mean parts: the loss being optimised.
-            interval = LossParts(
-                torch.tensor(metrics["train/loss_c0"]), torch.tensor(metrics["train/loss_decoder"]), 0, 0
+        batches = iter(train_loader)
+        totals = Totals.zeros(model.num_codebooks, device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        last_log, paused, last_good = time.perf_counter(), 0.0, latest_step_dir(run_dir)
+        for step in range(start, cfg.steps):
+            micro = [next(batches) for _ in range(accum)]
+            # Drawn on the CPU copy: reproducible on any device, and no device sync to count them.
+            decoder_masks = [strategy.select_decoder_frames(b.target_mask, frame_gen) for b in micro]
+            # The loss is a mean over every frame of the global step, whichever rank/micro-batch holds it.
+            counts = torch.tensor([sum(b.num_frames for b in micro), sum(int(m.sum()) for m in decoder_masks)], device=device)
+            n_c0, n_dec = all_reduce_sum(counts.float(), d).clamp(min=1).unbind()
+            try:
+                for i, (batch, dmask) in enumerate(zip(micro, decoder_masks)):
+                    # DDP: all-reduce gradients only on the step's last micro-batch.
+                    no_sync = i < accum - 1 and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+                    with wrapped.no_sync() if no_sync else contextlib.nullcontext():
+                        with _autocast(device, cfg.precision):
+                            out = _forward(step_fn, batch.to(device), dmask.to(device, non_blocking=True))
+                            parts = loss_parts(out)
+                            global_parts = LossParts(
+                                c0=parts.c0 * parts.c0_frames / n_c0, decoder=parts.decoder * parts.decoder_frames / n_dec,
+                                c0_frames=parts.c0_frames, decoder_frames=parts.decoder_frames,
+                            )  # fmt: skip
+                            # DDP averages gradients over ranks; the loss is already a global mean.
+                            loss = strategy.combine(global_parts) * d.world_size
+                        scaler.scale(loss).backward()
+                    nonfinite |= ~torch.isfinite(loss.detach())
+                    totals.add(out, parts)
+                    totals.rows += batch.num_rows
+            except torch.OutOfMemoryError:
+                raise TrainingError(
+                    f"out of memory at step {step + 1} with train.rows_per_micro_batch={cfg.rows_per_micro_batch}: "
+                    "lower it (train.rows_per_step keeps the optimizer batch), or set train.activation_checkpointing=true"
+                ) from None
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in wrapped.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             )
-            metrics.update({
-                "train/loss": float(strategy.combine(interval)),
-                "train/lr": lr, "train/grad_norm": float(grad_norm),
-                "train/frames_per_s": frames / (now - last_log - paused), "train/tokens_per_s": rows / (now - last_log - paused),
-            })  # fmt: skip
-            for logger in loggers:
-                logger.log_scalars(done, metrics)
-            totals, last_log, paused = Totals.zeros(model.num_codebooks, device), time.perf_counter(), 0.0
-        # Validation, samples and checkpoints are not training time: keep them out of frames/s.
-        pause_start = time.perf_counter()
-        if due(cfg.val_every):
-            metrics = validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d)
-            for logger in loggers:
-                logger.log_scalars(done, metrics)
-            if on_validation is not None:
-                on_validation(done, metrics)
-            if metrics["val/loss"] < best_val:
-                best_val = metrics["val/loss"]
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            totals.steps += 1
+            done = step + 1
+
+            due = lambda every: done % every == 0 or done == cfg.steps  # noqa: E731
+            if due(cfg.log_every) or due(cfg.checkpoint_every) or due(cfg.val_every):
+                # The one host sync of the loop: only on steps that log, validate or save anything.
+                if bool(all_reduce_sum(nonfinite.float(), d) > 0):
+                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved yet"
+                    raise TrainingError(f"non-finite loss or gradients by step {done}; stopped, {where}. Lower train.lr, or use bf16 instead of fp16")
+            if due(cfg.log_every):
+                now = time.perf_counter()
+                metrics = totals.metrics("train", d)
+                frames = float(all_reduce_sum(totals.c0_frames.clone(), d))
+                rows = float(all_reduce_sum(torch.tensor(float(totals.rows), device=device), d))
+                # The strategy's own weighting of the interval's mean parts: the loss being optimised.
+                interval = LossParts(
+                    torch.tensor(metrics["train/loss_c0"]), torch.tensor(metrics["train/loss_decoder"]), 0, 0
+                )
+                metrics.update({
+                    "train/loss": float(strategy.combine(interval)),
+                    "train/lr": lr, "train/grad_norm": float(grad_norm),
+                    "train/frames_per_s": frames / (now - last_log - paused), "train/tokens_per_s": rows / (now - last_log - paused),
+                })  # fmt: skip
+                for logger in loggers:
+                    logger.log_scalars(done, metrics)
+                totals, last_log, paused = Totals.zeros(model.num_codebooks, device), time.perf_counter(), 0.0
+            # Validation, samples and checkpoints are not training time: keep them out of frames/s.
+            pause_start = time.perf_counter()
+            if due(cfg.val_every):
+                metrics = validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d)
+                for logger in loggers:
+                    logger.log_scalars(done, metrics)
+                if on_validation is not None:
+                    on_validation(done, metrics)
+                if metrics["val/loss"] < best_val:
+                    best_val = metrics["val/loss"]
+                    full = parallel.full_model(wrapped)
+                    if d.is_main:
+                        save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, {"step": done, "val_loss": best_val})
+            if samples and (due(recipe.samples.every)):
+                samples.write(done, loggers)
+            if due(cfg.checkpoint_every):
+                state = {
+                    "step": done, "best_val": best_val,
+                    "optimizer": parallel.full_optimizer_state(wrapped, optimizer), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                    "ranks": _gather({"loader": train_loader.state_dict(), "frame_gen": frame_gen.get_state()}, d),
+                }  # fmt: skip
                 full = parallel.full_model(wrapped)
                 if d.is_main:
-                    save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, {"step": done, "val_loss": best_val})
-        if samples and (due(recipe.samples.every)):
-            samples.write(done, loggers)
-        if due(cfg.checkpoint_every):
-            state = {
-                "step": done, "best_val": best_val,
-                "optimizer": parallel.full_optimizer_state(wrapped, optimizer), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                "ranks": _gather({"loader": train_loader.state_dict(), "frame_gen": frame_gen.get_state()}, d),
-            }  # fmt: skip
-            full = parallel.full_model(wrapped)
-            if d.is_main:
-                last_good = save_step(run_dir, done, full, frontend, state, cfg.keep_last)
-        paused += time.perf_counter() - pause_start
+                    last_good = save_step(run_dir, done, full, frontend, state, cfg.keep_last)
+            paused += time.perf_counter() - pause_start
 
-    final = checkpoints_dir(run_dir) / "final"
-    full = parallel.full_model(wrapped)
-    if d.is_main:
-        save_model_dir(final, full, frontend)
-    for logger in loggers:
-        logger.log_hparams(recipe_to_dict(recipe), {"best_val_loss": best_val})
-        logger.close()
-    return final
+        final = checkpoints_dir(run_dir) / "final"
+        full = parallel.full_model(wrapped)
+        if d.is_main:
+            save_model_dir(final, full, frontend)
+        for logger in loggers:
+            logger.log_hparams(recipe_to_dict(recipe), {"best_val_loss": best_val})
+        return final
+
+
+@contextlib.contextmanager
+def _open_loggers(recipe: Recipe, run_dir: Path, d: Dist):
+    """The recipe's loggers on rank 0 (none elsewhere), closed however the run ends."""
+    loggers = [ref.create(run_dir) for ref in recipe.loggers] if d.is_main else []
+    try:
+        yield loggers
+    finally:
+        for logger in loggers:
+            logger.close()
 
 
 def _gather(obj, d: Dist) -> list:

@@ -14,21 +14,10 @@ from csm_adapt.batches import sample_rows
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.loader import TrainLoader, ValLoader
 from csm_adapt.packing import Packer
+from csm_adapt.shards import PreparedSample, write_shard
 
 K = 32
 PACKER = Packer(max_rows=64, rows_per_batch=160, pad_multiple=8)
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _sample(rng: np.random.Generator, sample_id: str):
@@ -53,15 +42,13 @@ def write_dataset(root, shards: dict[str, list[int]], seed: int = 0) -> dict:
         entries = []
         for n, count in enumerate(counts):
             name = f"{split}-{n:06d}.tar"
-            rows = []
-            with tarfile.open(root / name, "w") as tar:
-                for i in range(count):
-                    key = f"{split}_{n}_{i}"
-                    codes, text, meta = samples[key] = _sample(rng, key)
-                    _add(tar, f"{key}.codes.npy", _npy(codes))
-                    _add(tar, f"{key}.text.npy", _npy(text))
-                    _add(tar, f"{key}.json", json.dumps(meta).encode())
-                    rows.append(meta["rows"])
+            shard = []
+            for i in range(count):
+                key = f"{split}_{n}_{i}"
+                codes, text, meta = samples[key] = _sample(rng, key)
+                shard.append(PreparedSample(key, codes, text, meta))
+            write_shard(root / name, shard)
+            rows = [s.rows for s in shard]
             entries.append({"name": name, "samples": count, "rows": rows, "frames": 0, "seconds": 0.0})
         splits[split] = {"shards": entries}
     index = {"version": 1, "data_hash": "x", "num_codebooks": K, "max_rows": 64, "splits": splits, "summary": {}}
@@ -202,7 +189,10 @@ def test_samples_longer_than_max_rows_are_refused_up_front(tmp_path):
 
 def test_missing_member_names_shard_and_key(tmp_path):
     write_dataset(tmp_path, {"train": [2], "val": [3]})
+    orphan = b'{"id": "orphan", "turns": [], "rows": 1}'
     with tarfile.open(tmp_path / "train-000000.tar", "a") as tar:
-        _add(tar, "orphan.json", b'{"id": "orphan", "turns": [], "rows": 1}')
+        info = tarfile.TarInfo("orphan.json")
+        info.size = len(orphan)
+        tar.addfile(info, io.BytesIO(orphan))
     with pytest.raises(CsmAdaptError, match=r"train-000000.tar: sample 'orphan': missing member\(s\) codes.npy"):
         take(TrainLoader(tmp_path, PACKER, num_workers=0), 5)

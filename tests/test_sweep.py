@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,8 +84,8 @@ def test_parallel_cpu_sweep_prunes_and_writes_a_runnable_best_recipe(recipe_path
     # Two sensible learning rates first, then two that cannot learn in 3 steps: once a good trial
     # has finished, the median pruner (1 startup trial, no warm-up) must stop the hopeless ones.
     study = _study(recipe_path)
-    for lr in (3e-3, 3e-3, 1e-7, 1e-7):
-        study.enqueue_trial({"train.lr": lr, "loss.decoder_loss_weight": 0.5})
+    for lr, weight in ((3e-3, 0.5), (3e-3, 0.3), (1e-7, 0.5), (1e-7, 0.3)):
+        study.enqueue_trial({"train.lr": lr, "loss.decoder_loss_weight": weight})
 
     start = time.perf_counter()
     best = run_sweep(recipe_path, TINY, trials=4, workers=2)
@@ -117,7 +118,7 @@ def test_parallel_cpu_sweep_prunes_and_writes_a_runnable_best_recipe(recipe_path
 
 def test_a_killed_sweep_resumes_keeping_finished_trials_and_retrying_interrupted_ones(recipe_path):
     overrides = [*TINY, 'sweep.pruner={name = "none"}']
-    run_sweep(recipe_path, overrides, trials=2, workers=1)
+    run_sweep(recipe_path, overrides, trials=2, workers=2)
     study = _study(recipe_path, overrides)
     before = {t.number: (t.state, t.value, t.datetime_complete) for t in study.get_trials()}
     # What a sweep killed mid-trial leaves behind: a RUNNING trial whose worker is gone.
@@ -187,3 +188,43 @@ def test_slots_give_each_worker_a_gpu_share_or_a_share_of_the_cores():
     with pytest.raises(ConfigError, match="only 2 GPU"):
         plan_slots(3, 1, ["0", "1"], 16)
 
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None)
+    return Path(found).parent if found else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a Unix socket in a temp dir (as user postgres when we are root:
+    the server refuses to run as root)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason='no PostgreSQL driver (pip install "psycopg[binary]")')
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user and not shutil.which("runuser"):
+        pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+    root = Path(tempfile.mkdtemp(prefix="csm-adapt-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", 54329
+    run = lambda *cmd: subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True)
+    run(bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "sweep")
+    run(bin_dir / "pg_ctl", "-D", data, "-w", "-l", root / "server.log", "-o", f"-k {root} -p {port} -c listen_addresses=''", "start")
+    try:
+        yield f"postgresql://sweep@/postgres?host={root}&port={port}"
+    finally:
+        run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_workers_share_a_study_in_postgresql(recipe_path, postgres_url):
+    overrides = [*TINY, 'sweep.pruner={name = "none"}']
+    run_sweep(recipe_path, overrides, trials=2, workers=2, storage=postgres_url)
+    recipe = load_recipe(recipe_path, overrides)
+    study = optuna.load_study(study_name=study_name(recipe), storage=postgres_url)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert not (sweep_dir(recipe) / "journal.log").exists()
+    assert load_recipe(sweep_dir(recipe) / BEST).train.lr == study.best_params["train.lr"]

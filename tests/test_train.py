@@ -228,26 +228,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_two_process_ddp_matches_one_process(tmp_path, dataset):
+def test_two_processes_match_one_process_with_ddp_and_fsdp(tmp_path, dataset):
     # One sample per micro-batch, no shuffling: one process with two micro-batches per step and
     # two ranks with one each see the same samples in every optimizer step.
     same = ["train.steps=4", "train.shuffle_buffer=1", "train.pack_buffer=1", "train.val_every=100", "train.checkpoint_every=100"]
     one_dir, one = run_recipe(tmp_path / "one", dataset, same)
     train(one)
+    reference = load_model(one_dir / "checkpoints" / "final").state_dict()
 
-    two_dir = tmp_path / "two" / "run"
-    recipe = write_recipe(tmp_path / "two", dataset, run_dir=two_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "csm_adapt", "run", str(recipe), *same]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for parallel in ("ddp", "fsdp"):
+        two_dir = tmp_path / parallel / "run"
+        recipe = write_recipe(tmp_path / parallel, dataset, run_dir=two_dir)
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "csm_adapt", "run", str(recipe), *same, f"train.parallel={parallel!r}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    a, b = load_model(one_dir / "checkpoints" / "final"), load_model(two_dir / "checkpoints" / "final")
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.allclose(x, y, atol=1e-5, rtol=1e-4), name
-    la, lb = metrics(one_dir, "train/loss"), metrics(two_dir, "train/loss")
-    assert la.keys() == lb.keys() == {1, 2, 3, 4}
-    assert all(abs(la[s] - lb[s]) < 1e-4 for s in la)
+        two = load_model(two_dir / "checkpoints" / "final").state_dict()
+        for name, x in reference.items():
+            assert torch.allclose(x, two[name], atol=1e-5, rtol=1e-4), f"{parallel}: {name}"
+        la, lb = metrics(one_dir, "train/loss"), metrics(two_dir, "train/loss")
+        assert la.keys() == lb.keys() == {1, 2, 3, 4}
+        assert all(abs(la[s] - lb[s]) < 1e-4 for s in la), parallel
 
 
 def test_demo_recipe_validates(monkeypatch):
