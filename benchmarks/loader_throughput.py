@@ -94,7 +94,9 @@ def main() -> None:
         )  # fmt: skip
     Console().print(table)
     if args.json:
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"config": vars(args) | {"json": str(args.json)}, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

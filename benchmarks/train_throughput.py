@@ -216,7 +216,9 @@ def baseline_step(model, optimizer, step: Step, device, clock: Clock) -> torch.T
         batch = batch.to(device)
         out = baseline_forward(model, batch.tokens, batch.mask, batch.target_mask, dmask.to(device, non_blocking=True))
         parts = loss_parts(out)
-        loss = strategy.combine(LossParts(parts.c0 * parts.c0_frames / n_c0, parts.decoder * parts.decoder_frames / n_dec, 0, 0))
+        loss = strategy.combine(
+            LossParts(parts.c0 * parts.c0_frames / n_c0, parts.decoder * parts.decoder_frames / n_dec, 0, 0)
+        )
         clock("forward")
         loss.backward()
         total += loss.detach()
@@ -261,7 +263,12 @@ def _optimizer_step(model, optimizer) -> None:
 
 def baseline_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, foreach=False, fused=False
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        weight_decay=cfg.weight_decay,
+        foreach=False,
+        fused=False,
     )
 
 
@@ -290,7 +297,9 @@ def _peak_memory(device) -> dict:
     return out
 
 
-def measure(run_step: Callable[[Step, Clock], torch.Tensor], steps: list[Step], warmup: int, repeats: int, device) -> dict:
+def measure(
+    run_step: Callable[[Step, Clock], torch.Tensor], steps: list[Step], warmup: int, repeats: int, device
+) -> dict:
     """Medians over `repeats` passes of the measured steps, after `warmup` steps; then the phase split."""
     no_clock: Clock = lambda phase: None  # noqa: E731
     for step in steps[:warmup]:
@@ -343,14 +352,23 @@ def peak_flops(device, override: float | None) -> float | None:
 
 
 def machine(device) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     out = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
 
 
-def _step_fn(name: str, args: ModelArgs, cfg: TrainConfig, device, precision: str, opts) -> Callable[[Step, Clock], torch.Tensor]:
+def _step_fn(
+    name: str, args: ModelArgs, cfg: TrainConfig, device, precision: str, opts
+) -> Callable[[Step, Clock], torch.Tensor]:
     """A fresh model (same seed: same weights for both methods) and optimizer, and its step."""
     model = build_model(args, seed=opts.seed, device=device).train()
     if name == "baseline":
@@ -412,7 +430,9 @@ def run(opts: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     r, cfg = report["results"], report["config"]
-    table = Table(title=f"{cfg['model']} on {report['machine'].get('gpu', report['machine']['cpu'])}, {cfg['rows']} rows/micro-batch, {cfg['rows_per_step']} rows/step")
+    table = Table(
+        title=f"{cfg['model']} on {report['machine'].get('gpu', report['machine']['cpu'])}, {cfg['rows']} rows/micro-batch, {cfg['rows_per_step']} rows/step"
+    )
     table.add_column("")
     for name in r:
         table.add_column(name, justify="right")
@@ -422,7 +442,10 @@ def print_table(report: dict) -> None:
         ("backbone positions/s", [f"{v['backbone_positions_per_s']:,.0f}" for v in r.values()]),
         ("optimizer steps/s", [f"{v['optimizer_steps_per_s']:.3f}" for v in r.values()]),
         ("MFU", [f"{v['mfu']:.1%}" if v["mfu"] is not None else "n/a" for v in r.values()]),
-        *[(f"{p} ms/step", [f"{v['phase_ms_median'][p]:,.1f}" for v in r.values()]) for p in ("forward", "backward", "optimizer")],
+        *[
+            (f"{p} ms/step", [f"{v['phase_ms_median'][p]:,.1f}" for v in r.values()])
+            for p in ("forward", "backward", "optimizer")
+        ],
         ("peak RSS MiB", mib("peak_rss_mib")),
         ("CUDA max allocated MiB", mib("cuda_max_allocated_mib")),
         ("CUDA max reserved MiB", mib("cuda_max_reserved_mib")),

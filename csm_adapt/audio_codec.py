@@ -103,7 +103,7 @@ def _weights_path(source: str) -> Path:
         raise CsmAdaptError(
             f"cannot get {loaders.MIMI_NAME} from {source!r} ({type(e).__name__}: {e}). "
             "Pass a local .safetensors file, set HF_HUB_OFFLINE=1 with the file already in the "
-            "Hugging Face cache, or use the codec \"offline\" for tests and demos."
+            'Hugging Face cache, or use the codec "offline" for tests and demos.'
         ) from e
 
 

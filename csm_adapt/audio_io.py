@@ -66,9 +66,7 @@ def load_audio(
     return wav
 
 
-def _slice_frames(
-    path: Path, start: float | None, end: float | None, rate: int, total: int
-) -> tuple[int, int]:
+def _slice_frames(path: Path, start: float | None, end: float | None, rate: int, total: int) -> tuple[int, int]:
     """Frame range [first, last) for a start/end slice in seconds, validated against the file."""
     duration = total / rate
     if start is not None and not (math.isfinite(start) and start >= 0):

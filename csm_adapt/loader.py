@@ -192,7 +192,9 @@ class _TrainStream(IterableDataset):
         epoch, skip = self.start.positions[worker]
         while True:
             rng = random.Random(f"{self.seed}-{epoch}-{slot}")
-            for index, plan in enumerate(_plans(self._samples(epoch, slot, slots, rng), self.packer, self.pack_buffer, rng)):
+            for index, plan in enumerate(
+                _plans(self._samples(epoch, slot, slots, rng), self.packer, self.pack_buffer, rng)
+            ):
                 if index >= skip:  # resuming: skipped batches are planned, never decoded
                     yield (worker, epoch, index), _collate(plan, self.packer)
             epoch, skip = epoch + 1, 0

@@ -133,4 +133,6 @@ def _check_hook_names(pm: PluginManager) -> None:
         name = pm.get_name(e.plugin)
         unknown = ", ".join(c.name for c in pm.get_hookcallers(e.plugin) if not c.has_spec())
         valid = ", ".join(hooks.hook_names())
-        raise PluginError(f"plugin {name} ({_source_of(pm, name)}): unknown hook {unknown}; valid hooks: {valid}") from None
+        raise PluginError(
+            f"plugin {name} ({_source_of(pm, name)}): unknown hook {unknown}; valid hooks: {valid}"
+        ) from None

@@ -61,7 +61,9 @@ def save_model_dir(target: Path, model: CSM, frontend: tuple[str, str], best: di
     return _write_dir(target, write)
 
 
-def save_step(run_dir: Path, step: int, model: CSM, frontend: tuple[str, str], trainer_state: dict, keep_last: int) -> Path:
+def save_step(
+    run_dir: Path, step: int, model: CSM, frontend: tuple[str, str], trainer_state: dict, keep_last: int
+) -> Path:
     """Model files + everything needed to resume; then prune to the newest `keep_last` steps."""
 
     def write(tmp: Path) -> None:
@@ -77,7 +79,11 @@ def save_step(run_dir: Path, step: int, model: CSM, frontend: tuple[str, str], t
 def step_dirs(run_dir: Path) -> list[Path]:
     """Complete step checkpoints, oldest first."""
     root = checkpoints_dir(run_dir)
-    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()] if root.is_dir() else []
+    found = (
+        [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
+        if root.is_dir()
+        else []
+    )
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 

@@ -23,7 +23,9 @@ class SampleWriter:
         self.seed = recipe.train.seed
         self.run_dir, self.is_main = Path(run_dir), is_main
         self.synthesizer = Synthesizer(
-            model, TextTokenizer.load(recipe.model.text_tokenizer), AudioCodec.load(recipe.model.audio_codec, device=device)
+            model,
+            TextTokenizer.load(recipe.model.text_tokenizer),
+            AudioCodec.load(recipe.model.audio_codec, device=device),
         )
 
     def write(self, step: int, loggers) -> list[Path]:
@@ -34,7 +36,11 @@ class SampleWriter:
         try:
             for i, prompt in enumerate(self.prompts):
                 context = [
-                    Segment(prompt.speaker if t.speaker is None else t.speaker, t.text, load_audio(t.audio, start=t.start, end=t.end))
+                    Segment(
+                        prompt.speaker if t.speaker is None else t.speaker,
+                        t.text,
+                        load_audio(t.audio, start=t.start, end=t.end),
+                    )
                     for t in prompt.context
                 ]
                 # Same seed each time: differences between steps come from the weights, not the dice.

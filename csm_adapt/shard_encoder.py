@@ -95,7 +95,9 @@ def encode_shard(
         for piece_id, clips in pieces:
             if not any(clip.turn.target for clip in clips):
                 detail = f"{sample.source}: {piece_id} has no target turn (nothing to train on)"
-                result.rejects.append(Reject(piece_id, sample.source, str(clips[0].turn.audio), "no target turn", detail))
+                result.rejects.append(
+                    Reject(piece_id, sample.source, str(clips[0].turn.audio), "no target turn", detail)
+                )
             else:
                 pending.append((piece_id, sample, clips))
         pending_samples += 1

@@ -49,9 +49,13 @@ def run_sweep(
     if storage is None:
         retried = retry_interrupted(study)
         if retried:
-            console.print(f"[yellow]trials {', '.join(map(str, retried))} were interrupted: marked failed, their parameters queued again")
+            console.print(
+                f"[yellow]trials {', '.join(map(str, retried))} were interrupted: marked failed, their parameters queued again"
+            )
     total = trials or recipe.sweep.trials
-    console.print(f"sweep {study.study_name}: {total} trials, {len(slots)} worker(s) on {'GPU' if gpus else 'CPU'}, in {out}")
+    console.print(
+        f"sweep {study.study_name}: {total} trials, {len(slots)} worker(s) on {'GPU' if gpus else 'CPU'}, in {out}"
+    )
 
     # Samplers seeded alike would draw the same points: each worker gets its own seed, and a resumed
     # sweep new ones (TPE's first trials and the random sampler would otherwise repeat earlier draws).

@@ -69,7 +69,7 @@ class Param:
             if value is None and name != "step":
                 _fail(f'missing required key for type "{self.type}"', name)
             if value is not None and (not isinstance(value, number) or isinstance(value, bool)):
-                _fail(f'must be {"an integer" if self.type == "int" else "a number"}, got {value!r}', name)
+                _fail(f"must be {'an integer' if self.type == 'int' else 'a number'}, got {value!r}", name)
         if self.low >= self.high:
             _fail(f"must be greater than low ({self.low}), got {self.high}", "high")
         if self.log and self.low <= 0:
@@ -91,7 +91,11 @@ class PrunerConfig:
     reduction_factor: int | None = None  # hyperband: 1/factor of trials promoted per rung
 
     def __attrs_post_init__(self) -> None:
-        allowed = {"median": ("n_startup_trials", "n_warmup_steps"), "hyperband": ("min_resource", "reduction_factor"), "none": ()}
+        allowed = {
+            "median": ("n_startup_trials", "n_warmup_steps"),
+            "hyperband": ("min_resource", "reduction_factor"),
+            "none": (),
+        }
         for field in attrs.fields(PrunerConfig)[1:]:
             value = getattr(self, field.name)
             if value is not None and field.name not in allowed[self.name]:

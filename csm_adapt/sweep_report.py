@@ -32,7 +32,9 @@ def best_run_dir(recipe: Recipe) -> Path:
     return Path(f"{recipe.output.run_dir}-best")
 
 
-def write_best(study: optuna.Study, recipe_path: Path, overrides: Sequence[str], recipe: Recipe, sweep_dir: Path) -> Path | None:
+def write_best(
+    study: optuna.Study, recipe_path: Path, overrides: Sequence[str], recipe: Recipe, sweep_dir: Path
+) -> Path | None:
     """The recipe with the best trial's values, its full train.steps, and no [sweep] table."""
     if not _completed(study):
         return None
@@ -109,7 +111,11 @@ def summary_table(study: optuna.Study, objective: str) -> Table:
         table.add_column(column, overflow="fold")
     for t in trials:
         value = _score(t)
-        note = t.user_attrs.get(FAIL_REASON) or t.user_attrs.get(INTERRUPTED) or (f"pruned at step {t.last_step}" if t.state == TrialState.PRUNED else "")
+        note = (
+            t.user_attrs.get(FAIL_REASON)
+            or t.user_attrs.get(INTERRUPTED)
+            or (f"pruned at step {t.last_step}" if t.state == TrialState.PRUNED else "")
+        )
         cells = [str(t.number), t.state.name, "" if value is None else f"{value:.4f}"]
         cells += [_short(t.params[n]) if n in t.params else "" for n in names]
         table.add_row(*cells, note, style="bold green" if t.number == best else None)
@@ -127,7 +133,9 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def report(study: optuna.Study, recipe_path: Path, overrides: Sequence[str], recipe: Recipe, sweep_dir: Path, console: Console) -> Path | None:
+def report(
+    study: optuna.Study, recipe_path: Path, overrides: Sequence[str], recipe: Recipe, sweep_dir: Path, console: Console
+) -> Path | None:
     """Write every output and print the summary; returns best.toml (None when no trial completed)."""
     console.print(summary_table(study, recipe.sweep.objective))
     write_csv(study, sweep_dir)

@@ -69,4 +69,8 @@ def suggest(trial: optuna.Trial, params: dict[str, Param]) -> dict[str, Any]:
 
 def with_fixed(params: dict[str, Param], suggested: dict[str, Any]) -> dict[str, Any]:
     """A finished trial's values: what Optuna recorded (`trial.params`) plus the fixed parameters."""
-    return {key: p.value if p.type == "fixed" else suggested[key] for key, p in params.items() if p.type == "fixed" or key in suggested}
+    return {
+        key: p.value if p.type == "fixed" else suggested[key]
+        for key, p in params.items()
+        if p.type == "fixed" or key in suggested
+    }

@@ -47,12 +47,16 @@ def open_storage(url: str | None, sweep_dir: Path) -> optuna.storages.BaseStorag
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None))  # fmt: skip
     except (ImportError, ModuleNotFoundError) as e:
-        raise ConfigError(f"--storage {url}: the database driver is missing ({e}); for PostgreSQL: pip install 'psycopg[binary]'") from None
+        raise ConfigError(
+            f"--storage {url}: the database driver is missing ({e}); for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as e:  # a malformed URL, an unreachable server
         raise ConfigError(f"--storage {url}: cannot open the database: {e}") from None
 
 
-def open_study(sweep: SweepConfig, storage: optuna.storages.BaseStorage, study_name: str, seed: int | None = None) -> optuna.Study:
+def open_study(
+    sweep: SweepConfig, storage: optuna.storages.BaseStorage, study_name: str, seed: int | None = None
+) -> optuna.Study:
     """Create the study, or load it when it exists (a resumed sweep, or another worker).
 
     `seed`: the sampler's, when not sweep.sampler.seed (each worker needs its own, see sweep.py).
@@ -69,7 +73,14 @@ def open_study(sweep: SweepConfig, storage: optuna.storages.BaseStorage, study_n
         "hyperband": optuna.pruners.HyperbandPruner,
         "none": optuna.pruners.NopPruner,
     }[sweep.pruner.name](**sweep.pruner.options())
-    return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
+    return optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
 
 
 def retry_interrupted(study: optuna.Study) -> list[int]:
@@ -77,7 +88,9 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     queue their parameters again. Returns their numbers."""
     interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in interrupted:
-        optuna.Trial(study, t._trial_id).set_user_attr(INTERRUPTED, "the sweep was stopped during this trial; its parameters are re-tried")
+        optuna.Trial(study, t._trial_id).set_user_attr(
+            INTERRUPTED, "the sweep was stopped during this trial; its parameters are re-tried"
+        )
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, skip_if_exists=False)
     return [t.number for t in interrupted]

@@ -36,8 +36,13 @@ def plan_slots(workers: int, workers_per_gpu: int, gpus: list[str], cpu_count: i
         threads = max(1, cpu_count // workers)
         return [Slot({"OMP_NUM_THREADS": str(threads)}, threads=threads) for _ in range(workers)]
     if workers > len(gpus) * workers_per_gpu:
-        raise ConfigError(f"--workers {workers}: only {len(gpus)} GPU(s) × --workers-per-gpu {workers_per_gpu} available")
-    return [Slot({"CUDA_VISIBLE_DEVICES": gpus[i // workers_per_gpu]}, memory_fraction=1 / workers_per_gpu) for i in range(workers)]
+        raise ConfigError(
+            f"--workers {workers}: only {len(gpus)} GPU(s) × --workers-per-gpu {workers_per_gpu} available"
+        )
+    return [
+        Slot({"CUDA_VISIBLE_DEVICES": gpus[i // workers_per_gpu]}, memory_fraction=1 / workers_per_gpu)
+        for i in range(workers)
+    ]
 
 
 def visible_gpus() -> list[str]:

@@ -1,8 +1,8 @@
 """Text (+ optional context clips) -> speech: a model with its text tokenizer and audio codec.
 
-    speech = Synthesizer.load("sesame/csm-1b", device="cuda")
-    [wav] = speech.generate(["Marie aime les pommes."], speaker=0)
-    save_wav("out.wav", wav)
+speech = Synthesizer.load("sesame/csm-1b", device="cuda")
+[wav] = speech.generate(["Marie aime les pommes."], speaker=0)
+save_wav("out.wav", wav)
 """
 
 from __future__ import annotations

@@ -68,11 +68,15 @@ class Totals:
         self.correct[1:] += acc[1:] * parts.decoder_frames
 
     def metrics(self, prefix: str, d: Dist) -> dict[str, float]:
-        packed = torch.cat([torch.stack([self.c0_ce, self.decoder_ce, self.c0_frames, self.decoder_frames]), self.correct])
+        packed = torch.cat(
+            [torch.stack([self.c0_ce, self.decoder_ce, self.c0_frames, self.decoder_frames]), self.correct]
+        )
         c0_ce, dec_ce, c0_n, dec_n, *correct = all_reduce_sum(packed.float(), d).tolist()
         c0, dec = c0_ce / max(c0_n, 1), dec_ce / max(dec_n, 1)
         out = {f"{prefix}/loss_c0": c0, f"{prefix}/loss_decoder": dec}
-        out.update({f"{prefix}/acc/c{i:02d}": hits / max(c0_n if i == 0 else dec_n, 1) for i, hits in enumerate(correct)})
+        out.update(
+            {f"{prefix}/acc/c{i:02d}": hits / max(c0_n if i == 0 else dec_n, 1) for i, hits in enumerate(correct)}
+        )
         return out
 
 
@@ -100,7 +104,9 @@ def validate(model, val_loader: ValLoader, device, precision: str, d: Dist) -> d
         totals.add(out, loss_parts(out))
     model.train()
     metrics = totals.metrics("val", Dist())  # identical on every rank: no reduction
-    metrics["val/loss"] = (1 - VAL_DECODER_WEIGHT) * metrics["val/loss_c0"] + VAL_DECODER_WEIGHT * metrics["val/loss_decoder"]
+    metrics["val/loss"] = (1 - VAL_DECODER_WEIGHT) * metrics["val/loss_c0"] + VAL_DECODER_WEIGHT * metrics[
+        "val/loss_decoder"
+    ]
     return metrics
 
 
@@ -139,7 +145,9 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # Data: micro-batches of `rows_per_micro_batch` rows; enough of them per step to reach `rows_per_step`.
-    packer = Packer(max_rows=recipe.data.max_rows, rows_per_batch=cfg.rows_per_micro_batch, pad_multiple=cfg.pad_multiple)
+    packer = Packer(
+        max_rows=recipe.data.max_rows, rows_per_batch=cfg.rows_per_micro_batch, pad_multiple=cfg.pad_multiple
+    )
     train_loader = TrainLoader(
         recipe.data.out, packer, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, pack_buffer=cfg.pack_buffer,
         num_workers=cfg.num_workers, rank=d.rank, world_size=d.world_size, pin_memory=device.type == "cuda",
@@ -159,7 +167,14 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
         start, best_val = _resume(run_dir, wrapped, optimizer, scheduler, scaler, train_loader, frame_gen, d)
     with _open_loggers(recipe, run_dir, d) as loggers:
         for logger in loggers:
-            logger.begin(RunInfo(total_steps=cfg.steps, start_step=start, recipe=recipe_to_dict(recipe), recipe_toml=recipe_to_toml(recipe)))
+            logger.begin(
+                RunInfo(
+                    total_steps=cfg.steps,
+                    start_step=start,
+                    recipe=recipe_to_dict(recipe),
+                    recipe_toml=recipe_to_toml(recipe),
+                )
+            )
 
         batches = iter(train_loader)
         totals = Totals.zeros(model.num_codebooks, device)
@@ -170,7 +185,9 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
             # Drawn on the CPU copy: reproducible on any device, and no device sync to count them.
             decoder_masks = [strategy.select_decoder_frames(b.target_mask, frame_gen) for b in micro]
             # The loss is a mean over every frame of the global step, whichever rank/micro-batch holds it.
-            counts = torch.tensor([sum(b.num_frames for b in micro), sum(int(m.sum()) for m in decoder_masks)], device=device)
+            counts = torch.tensor(
+                [sum(b.num_frames for b in micro), sum(int(m.sum()) for m in decoder_masks)], device=device
+            )
             n_c0, n_dec = all_reduce_sum(counts.float(), d).clamp(min=1).unbind()
             try:
                 for i, (batch, dmask) in enumerate(zip(micro, decoder_masks)):
@@ -212,7 +229,9 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
                 # The one host sync of the loop: only on steps that log, validate or save anything.
                 if bool(all_reduce_sum(nonfinite.float(), d) > 0):
                     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved yet"
-                    raise TrainingError(f"non-finite loss or gradients by step {done}; stopped, {where}. Lower train.lr, or use bf16 instead of fp16")
+                    raise TrainingError(
+                        f"non-finite loss or gradients by step {done}; stopped, {where}. Lower train.lr, or use bf16 instead of fp16"
+                    )
             if due(cfg.log_every):
                 now = time.perf_counter()
                 metrics = totals.metrics("train", d)
@@ -242,7 +261,9 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
                     best_val = metrics["val/loss"]
                     full = parallel.full_model(wrapped)
                     if d.is_main:
-                        save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, {"step": done, "val_loss": best_val})
+                        save_model_dir(
+                            checkpoints_dir(run_dir) / "best", full, frontend, {"step": done, "val_loss": best_val}
+                        )
             if samples and (due(recipe.samples.every)):
                 samples.write(done, loggers)
             if due(cfg.checkpoint_every):

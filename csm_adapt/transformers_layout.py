@@ -46,12 +46,26 @@ _CODEC_PREFIX = "codec_model."
 
 # CsmConfig's defaults (= csm-1b), used for keys that a saved config.json leaves out.
 _BACKBONE_DEFAULTS = dict(
-    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-    max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=500_000.0, rope_scaling=None,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=500_000.0,
+    rope_scaling=None,
 )
 _DECODER_DEFAULTS = dict(
-    hidden_size=1024, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-    max_position_embeddings=33, rms_norm_eps=1e-5, rope_theta=500_000.0, rope_scaling=None,
+    hidden_size=1024,
+    intermediate_size=8192,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=33,
+    rms_norm_eps=1e-5,
+    rope_theta=500_000.0,
+    rope_scaling=None,
 )
 
 
@@ -194,7 +208,10 @@ def _find_flavor(part: str, cfg: dict, defaults: dict, backbone: bool) -> str:
     head_dim = cfg.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
     rope = values["rope_scaling"] or {}
     if rope.get("rope_type", rope.get("type")) != "llama3" or not {
-        "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
     } <= set(rope):
         raise CheckpointError(
             f"{part}: rope_scaling must be Llama-3 scaling ('rope_type': 'llama3' with factor, low_freq_factor, "

@@ -37,7 +37,12 @@ def codes(codec, clips) -> list[torch.Tensor]:
 
 
 def test_sizes(codec):
-    assert (codec.sample_rate, codec.frame_rate, codec.samples_per_frame, codec.num_codebooks) == (24000, 12.5, 1920, 32)
+    assert (codec.sample_rate, codec.frame_rate, codec.samples_per_frame, codec.num_codebooks) == (
+        24000,
+        12.5,
+        1920,
+        32,
+    )
     assert codec.identity.startswith("mimi-offline-sha256:")
 
 

@@ -15,7 +15,9 @@ import torch
 from csm_adapt.checkpoint import build_model
 from csm_adapt.model.config import MODEL_CONFIGS
 
-_spec = importlib.util.spec_from_file_location("train_throughput", Path(__file__).parents[1] / "benchmarks" / "train_throughput.py")
+_spec = importlib.util.spec_from_file_location(
+    "train_throughput", Path(__file__).parents[1] / "benchmarks" / "train_throughput.py"
+)
 tt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tt)
 
@@ -78,7 +80,7 @@ def test_baseline_step_computes_our_loss():
     and our packed step must agree on the loss, and so on the update."""
     step = _steps(512, 2)[0]
     assert step.samples > 3 and len(step.padded) > 1  # several samples per sequence, several padded batches
-    cpu, cfg = torch.device("cpu"), tt.TrainConfig()
+    cpu = torch.device("cpu")
     losses, weights = [], []
     for name in ("ours", "baseline"):
         model = build_model(ARGS, seed=1).train()

@@ -241,7 +241,8 @@ def test_error_missing_tensor(micro, tmp_path):
     state = {n: t for n, t in micro.state_dict().items() if n != "decoder.layers.1.mlp.w2.weight"}
     write_original(tmp_path, state, micro.args.to_dict())
     with pytest.raises(
-        CheckpointError, match=r"model.safetensors .*missing tensor 'decoder.layers.1.mlp.w2.weight' of shape \(32, 64\)"
+        CheckpointError,
+        match=r"model.safetensors .*missing tensor 'decoder.layers.1.mlp.w2.weight' of shape \(32, 64\)",
     ):
         load_model(tmp_path)
 

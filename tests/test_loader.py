@@ -97,7 +97,9 @@ def take(loader, n: int) -> list:
 
 
 def same(a, b) -> bool:
-    return a.sample_ids == b.sample_ids and torch.equal(a.tokens, b.tokens) and torch.equal(a.target_mask, b.target_mask)
+    return (
+        a.sample_ids == b.sample_ids and torch.equal(a.tokens, b.tokens) and torch.equal(a.target_mask, b.target_mask)
+    )
 
 
 @pytest.mark.parametrize("counts", [[5] * 10, [21], [7, 7, 7]], ids=["10-shards", "1-shard", "3-shards"])

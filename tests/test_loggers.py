@@ -118,7 +118,9 @@ def test_console_renders_a_validation_table_with_an_accuracy_summary():
 def test_console_without_a_terminal_prints_one_readable_line_per_logged_step():
     logger, out = console_logger(force_terminal=False)
     logger.begin(RunInfo(total_steps=100, start_step=40, recipe={}, recipe_toml=""))
-    logger.log_scalars(50, {"train/loss": 2.34567, "train/lr": 3e-5, "train/frames_per_s": 1234.4, "train/grad_norm": 1})
+    logger.log_scalars(
+        50, {"train/loss": 2.34567, "train/lr": 3e-5, "train/frames_per_s": 1234.4, "train/grad_norm": 1}
+    )
     logger.log_scalars(60, {"train/loss": 2.0, "train/lr": 3e-5, "train/frames_per_s": 1000.0})
     logger.log_audio(60, "samples/0", torch.zeros(36000), 24000)
     logger.log_text(60, "samples/0", "Bonjour.")

@@ -42,7 +42,9 @@ def test_loss_parts_are_token_mean_cross_entropies():
     out = train_output(n=7, m=3)
     parts = loss_parts(out)
     assert torch.allclose(parts.c0, F.cross_entropy(out.c0_logits, out.c0_targets))
-    per_token = F.cross_entropy(out.decoder_logits.reshape(-1, VOCAB), out.decoder_targets.reshape(-1), reduction="none")
+    per_token = F.cross_entropy(
+        out.decoder_logits.reshape(-1, VOCAB), out.decoder_targets.reshape(-1), reduction="none"
+    )
     assert torch.allclose(parts.decoder, per_token.mean())
     assert (parts.c0_frames, parts.decoder_frames) == (7, 3)
 

@@ -101,7 +101,9 @@ def test_targets_are_next_frame_conditioned_on_previous_state(model):
     edited[6, :K] = 5
     with torch.no_grad():
         out2 = model(edited[None], mask[None], tm)
-    assert torch.allclose(out.c0_logits[:3], out2.c0_logits[:3]) and not torch.allclose(out.c0_logits[3], out2.c0_logits[3])
+    assert torch.allclose(out.c0_logits[:3], out2.c0_logits[:3]) and not torch.allclose(
+        out.c0_logits[3], out2.c0_logits[3]
+    )
 
 
 def test_decoder_mask_selects_subset(model):

@@ -147,5 +147,7 @@ def test_packed_loss_equals_sum_of_per_sample_losses(packed):
 def test_batch_to_moves_every_tensor(packed):
     _, _, batch = packed
     moved = batch.to("meta")
-    assert all(t.device.type == "meta" for t in (moved.tokens, moved.mask, moved.target_mask, moved.input_pos, moved.doc_ids))
+    assert all(
+        t.device.type == "meta" for t in (moved.tokens, moved.mask, moved.target_mask, moved.input_pos, moved.doc_ids)
+    )
     assert moved.num_rows == batch.num_rows and moved.sample_ids == batch.sample_ids

@@ -31,7 +31,18 @@ def installed(tmp_path_factory) -> Path:
     source = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("src") / EXAMPLE.name)
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
         check=True,
         capture_output=True,
     )
@@ -100,7 +111,11 @@ def test_example_reader_yields_samples(installed, dataset, tmp_path, monkeypatch
     samples = list(recipe.data.reader.create().read())
     tsv = dataset / "dev.tsv"
     assert samples == [
-        Sample("common_voice_fr_1", (Turn(0, "Il a dit « oui ».", dataset / "clips" / "common_voice_fr_1.mp3"),), f"{tsv}:2"),
+        Sample(
+            "common_voice_fr_1",
+            (Turn(0, "Il a dit « oui ».", dataset / "clips" / "common_voice_fr_1.mp3"),),
+            f"{tsv}:2",
+        ),
         Sample("common_voice_fr_2", (Turn(1, "Bonsoir.", dataset / "clips" / "common_voice_fr_2.mp3"),), f"{tsv}:3"),
         Sample("common_voice_fr_3", (Turn(0, "Merci", dataset / "clips" / "common_voice_fr_3.mp3"),), f"{tsv}:4"),
     ]
@@ -121,7 +136,10 @@ def test_example_packages_own_tests_pass(installed):
     env = {**os.environ, "PYTHONPATH": str(installed)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        capture_output=True, text=True, env=env, cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=EXAMPLE,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout

@@ -116,7 +116,10 @@ def test_misspelt_hook_fails_naming_the_plugin(tmp_path):
             pass
         """,
     )
-    with pytest.raises(PluginError, match=r"plugin typo \(.*typo.py\): unknown hook register_dataset_reader; valid hooks: register_commands"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin typo \(.*typo.py\): unknown hook register_dataset_reader; valid hooks: register_commands",
+    ):
         registries_for(path)
 
 

@@ -164,6 +164,7 @@ def test_conversations_split_at_turn_boundaries(tmp_path, frontend):
     for name in ("a", "b", "c", "d"):
         tone(tmp_path / f"{name}.wav", 0.4)  # 5 frames + text: about 15 rows a turn
     tone(tmp_path / "long.wav", 3.0)
+
     def turn(name, speaker, **extra):
         return {"speaker": speaker, "text": f"Tour {name}.", "path": f"{name}.wav", **extra}
 
@@ -194,7 +195,9 @@ def test_conversations_split_at_turn_boundaries(tmp_path, frontend):
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))} | {"rejects": (out / "rejects.jsonl").read_bytes()}
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))} | {
+        "rejects": (out / "rejects.jsonl").read_bytes()
+    }
 
 
 def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, tmp_path, frontend, monkeypatch):
@@ -218,6 +221,7 @@ def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, t
     assert sorted(p.name for p in resumed.out.glob("*.tar")) == written
 
     written.clear()
+
     def write_and_note(path, samples):
         real_write(path, samples)
         written.append(path.name)

@@ -13,7 +13,7 @@ from csm_adapt.errors import ConfigError
 from csm_adapt.overrides import apply_overrides, parse_value
 from csm_adapt.recipe import SAVED_NAME, load_recipe, recipe_to_dict, save_recipe
 
-TOY_PLUGIN = '''
+TOY_PLUGIN = """
 from pathlib import Path
 import attrs
 from csm_adapt import hookimpl
@@ -42,7 +42,7 @@ def register_dataset_readers(register):
 @hookimpl
 def register_loss_strategies(register):
     register("simple", Simple, options=SimpleOptions)
-'''
+"""
 
 RECIPE = """
 plugins = ["plugins/toy.py"]
@@ -125,9 +125,9 @@ def test_overrides_nested_keys_lists_and_indexes(recipe_path):
             "train.lr=3e-4",
             "train.seed=7",
             "data.reader.root=/other/place",  # bare string: not a TOML literal
-            'data.reader.limit=5',
+            "data.reader.limit=5",
             "samples.prompts.1.speaker=4",
-            'loss.weight=2',  # int literal for a float option
+            "loss.weight=2",  # int literal for a float option
         ],
     )
     assert recipe.train.lr == 3e-4 and recipe.train.seed == 7
@@ -175,12 +175,18 @@ def test_bad_overrides(override, message):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.lrr=1", "train.lrr: unknown key; valid keys: steps, rows_per_step, rows_per_micro_batch, lr, weight_decay, beta1, beta2, warmup_steps, schedule, min_lr_ratio, decay_rate, grad_clip, precision, trainable, freeze_text_embeddings, activation_checkpointing, compile, parallel, device, num_workers, shuffle_buffer, pack_buffer, pad_multiple, seed, log_every, val_every, checkpoint_every, keep_last"),
+        (
+            "train.lrr=1",
+            "train.lrr: unknown key; valid keys: steps, rows_per_step, rows_per_micro_batch, lr, weight_decay, beta1, beta2, warmup_steps, schedule, min_lr_ratio, decay_rate, grad_clip, precision, trainable, freeze_text_embeddings, activation_checkpointing, compile, parallel, device, num_workers, shuffle_buffer, pack_buffer, pad_multiple, seed, log_every, val_every, checkpoint_every, keep_last",
+        ),
         ("train.lr=abc", 'train.lr: expected float, got str "abc"'),
         ("train.steps=1.5", "train.steps: expected int, got float 1.5"),
         ("train.steps=0", "train.steps: must be > 0, got 0"),
         ("train=3", "train: expected a table, got int 3"),
-        ("data.reader.name=toyy", 'data.reader.name: unknown reader "toyy"; available: conversation, json, ljspeech, toy'),
+        (
+            "data.reader.name=toyy",
+            'data.reader.name: unknown reader "toyy"; available: conversation, json, ljspeech, toy',
+        ),
         ("loss.strategy=nope", 'loss.strategy: unknown loss strategy "nope"; available: amortized, full, simple'),
         ('loggers=[{name="tb"}]', 'loggers.0.name: unknown logger "tb"; available: console, jsonl, tensorboard'),
         ("loggers.0.every=3", "loggers.0.every: unknown key; valid keys: \\(none\\)"),
@@ -206,7 +212,7 @@ def test_bad_recipe_errors_name_the_file_and_key(recipe_path, override, message)
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("[output]\nrun_dir = \"runs/toy\"\n", "", "output: missing required key"),
+        ('[output]\nrun_dir = "runs/toy"\n', "", "output: missing required key"),
         ('name = "toy"\n', "", "data.reader.name: missing required key"),
         ('strategy = "simple"\n', "", "loss.strategy: missing required key"),
     ],

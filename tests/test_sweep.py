@@ -103,7 +103,12 @@ def test_parallel_cpu_sweep_prunes_and_writes_a_runnable_best_recipe(recipe_path
         assert saved["train"]["lr"] == t.params["train.lr"] and saved["train"]["weight_decay"] == 0.01
         assert saved["train"]["steps"] == 3 and "sweep" not in saved
     assert (out / TRIALS_CSV).read_text().count("\n") == 5
-    assert {p.name for p in (out / PLOTS).glob("*.html")} == {"history.html", "slice.html", "importances.html", "contour.html"}
+    assert {p.name for p in (out / PLOTS).glob("*.html")} == {
+        "history.html",
+        "slice.html",
+        "importances.html",
+        "contour.html",
+    }
     assert len([p for p in (out / TENSORBOARD).iterdir() if p.is_dir()]) == 4  # one hparams run per finished trial
 
     assert best == out / BEST
@@ -154,9 +159,15 @@ BAD_SPACES = [
     ('"train.lr" = { type = "float", low = -1.0, high = 1e-3 }', "train.lr: must be > 0"),
     ('"train.schedule" = { type = "categorical", choices = [] }', "choices: needs at least one choice"),
     ('"train.schedule" = { type = "categorical", choices = ["cosine", "cosyne"] }', '"cosyne" is not one of'),
-    ('"train.warmup_steps" = { type = "float", low = 0.5, high = 10.0 }', "train.warmup_steps: expected int, got float"),
+    (
+        '"train.warmup_steps" = { type = "float", low = 0.5, high = 10.0 }',
+        "train.warmup_steps: expected int, got float",
+    ),
     ('"train.warmup_steps" = { type = "int", low = 0, high = 10.5 }', "high: must be an integer"),
-    ('"train.lr" = { type = "float", low = 1e-5, high = 1e-3, choices = [1] }', 'choices: does not apply to type "float"'),
+    (
+        '"train.lr" = { type = "float", low = 1e-5, high = 1e-3, choices = [1] }',
+        'choices: does not apply to type "float"',
+    ),
     ('"train.lr" = { type = "fixed" }', 'value: missing required key for type "fixed"'),
     ('"train.lr" = { type = "uniform", low = 1e-5, high = 1e-3 }', 'type: expected one of "float"'),
     ('"data.max_rows" = { type = "int", low = 256, high = 512 }', "shards are prepared once"),
@@ -181,7 +192,10 @@ def test_sqlite_storage_is_refused_with_the_reason(recipe_path):
 
 
 def test_slots_give_each_worker_a_gpu_share_or_a_share_of_the_cores():
-    assert [s.env for s in plan_slots(2, 1, ["0", "1"], 16)] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert [s.env for s in plan_slots(2, 1, ["0", "1"], 16)] == [
+        {"CUDA_VISIBLE_DEVICES": "0"},
+        {"CUDA_VISIBLE_DEVICES": "1"},
+    ]
     shared = plan_slots(4, 2, ["3", "5"], 16)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in shared] == ["3", "3", "5", "5"] and shared[0].memory_fraction == 0.5
     assert [s.threads for s in plan_slots(2, 1, [], 8)] == [4, 4]
@@ -189,9 +203,10 @@ def test_slots_give_each_worker_a_gpu_share_or_a_share_of_the_cores():
         plan_slots(3, 1, ["0", "1"], 16)
 
 
-
 def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None)
+    found = shutil.which("initdb") or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None
+    )
     return Path(found).parent if found else None
 
 
@@ -212,7 +227,17 @@ def postgres_url():
     data, port = root / "data", 54329
     run = lambda *cmd: subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True)
     run(bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "sweep")
-    run(bin_dir / "pg_ctl", "-D", data, "-w", "-l", root / "server.log", "-o", f"-k {root} -p {port} -c listen_addresses=''", "start")
+    run(
+        bin_dir / "pg_ctl",
+        "-D",
+        data,
+        "-w",
+        "-l",
+        root / "server.log",
+        "-o",
+        f"-k {root} -p {port} -c listen_addresses=''",
+        "start",
+    )
     try:
         yield f"postgresql://sweep@/postgres?host={root}&port={port}"
     finally:

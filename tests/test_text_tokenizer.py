@@ -107,10 +107,7 @@ def test_hub_id_offline_without_cache_explains_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     # huggingface_hub reads these at import; a fresh interpreter sees them.
-    code = (
-        "from csm_adapt.text_tokenizer import TextTokenizer\n"
-        "TextTokenizer.load('unsloth/Llama-3.2-1B')\n"
-    )
+    code = "from csm_adapt.text_tokenizer import TextTokenizer\nTextTokenizer.load('unsloth/Llama-3.2-1B')\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "CsmAdaptError" in proc.stderr

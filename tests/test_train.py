@@ -159,7 +159,9 @@ def run_recipe(directory, dataset, overrides=(), **kw):
 
 def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
     extra = '[[loggers]]\nname = "tensorboard"\n\n[samples]\nevery = 40\nmax_audio_ms = 400\n[[samples.prompts]]\ntext = "Bonjour."\n'
-    run_dir, recipe = run_recipe(tmp_path, dataset, ["train.steps=40", "train.val_every=20", "train.checkpoint_every=20"], extra=extra)
+    run_dir, recipe = run_recipe(
+        tmp_path, dataset, ["train.steps=40", "train.val_every=20", "train.checkpoint_every=20"], extra=extra
+    )
     final = train(recipe)
 
     losses = metrics(run_dir, "train/loss")
@@ -177,7 +179,9 @@ def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "scalars": 0}).Reload()
-    assert {"train/loss", "train/loss_c0", "train/loss_decoder", "val/loss", "train/acc/c00"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_c0", "train/loss_decoder", "val/loss", "train/acc/c00"} <= set(
+        events.Tags()["scalars"]
+    )
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 41))
     assert "samples/0" in events.Tags()["audio"]
     assert events.Audio("samples/0")[0].sample_rate == 24_000
@@ -218,7 +222,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
     # Two micro-batches per step, plus one combine for the logged loss: NaN in step 4, after the
     # checkpoint at step 2.
     _, recipe = run_recipe(
-        tmp_path, dataset, ["train.checkpoint_every=2", "loss.after_calls=9"], strategy="nan_after", plugins=["nan_loss.py"]
+        tmp_path,
+        dataset,
+        ["train.checkpoint_every=2", "loss.after_calls=9"],
+        strategy="nan_after",
+        plugins=["nan_loss.py"],
     )
     with pytest.raises(CsmAdaptError, match=r"non-finite loss.*step 4.*step-000002"):
         train(recipe)
@@ -231,7 +239,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
 def test_two_processes_match_one_process_with_ddp_and_fsdp(tmp_path, dataset):
     # One sample per micro-batch, no shuffling: one process with two micro-batches per step and
     # two ranks with one each see the same samples in every optimizer step.
-    same = ["train.steps=4", "train.shuffle_buffer=1", "train.pack_buffer=1", "train.val_every=100", "train.checkpoint_every=100"]
+    same = [
+        "train.steps=4",
+        "train.shuffle_buffer=1",
+        "train.pack_buffer=1",
+        "train.val_every=100",
+        "train.checkpoint_every=100",
+    ]
     one_dir, one = run_recipe(tmp_path / "one", dataset, same)
     train(one)
     reference = load_model(one_dir / "checkpoints" / "final").state_dict()

@@ -126,20 +126,51 @@ def test_csm_1b_config_matches_transformers_defaults():
         state = CSM(MODEL_CONFIGS["csm-1b"]).state_dict()
     _, config = to_transformers(state, MODEL_CONFIGS["csm-1b"])
     theirs = transformers.CsmConfig()
-    for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "max_position_embeddings", "rms_norm_eps", "rope_theta", "vocab_size", "text_vocab_size",
-                "num_codebooks", "codebook_pad_token_id", "codebook_eos_token_id", "audio_token_id",
-                "audio_eos_token_id", "bos_token_id", "pad_token_id"]:
+    for key in [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "vocab_size",
+        "text_vocab_size",
+        "num_codebooks",
+        "codebook_pad_token_id",
+        "codebook_eos_token_id",
+        "audio_token_id",
+        "audio_eos_token_id",
+        "bos_token_id",
+        "pad_token_id",
+    ]:
         assert config[key] == getattr(theirs, key), key
-    for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "max_position_embeddings", "rms_norm_eps", "rope_theta", "backbone_hidden_size", "vocab_size"]:
+    for key in [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "backbone_hidden_size",
+        "vocab_size",
+    ]:
         assert config["depth_decoder_config"][key] == getattr(theirs.depth_decoder_config, key), key
     # The published csm-1b numbers (reference §1), the same curve as the original 32/1/4/8192.
     assert config["rope_scaling"] == {
-        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 0.125, "high_freq_factor": 0.5,
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 0.125,
+        "high_freq_factor": 0.5,
         "original_max_position_embeddings": 1024,
     }
     assert config["depth_decoder_config"]["rope_scaling"] == {
-        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1 / 512, "high_freq_factor": 1 / 128,
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1 / 512,
+        "high_freq_factor": 1 / 128,
         "original_max_position_embeddings": 16,
     }

@@ -32,9 +32,22 @@ def output_paths(out: Path, count: int) -> list[Path]:
 @click.option("--topk", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU.")
-@click.option("--save-frames", is_flag=True, help="Also write the generated codes as .npy [32, frames] beside each wav.")
+@click.option(
+    "--save-frames", is_flag=True, help="Also write the generated codes as .npy [32, frames] beside each wav."
+)
 def generate(
-    model_source, texts, speaker, context, out, text_tokenizer, audio_codec, max_audio_ms, temperature, topk, seed, device,
+    model_source,
+    texts,
+    speaker,
+    context,
+    out,
+    text_tokenizer,
+    audio_codec,
+    max_audio_ms,
+    temperature,
+    topk,
+    seed,
+    device,
     save_frames,
 ) -> None:
     """Speak each --text with a CSM checkpoint and write 24 kHz wav files.
@@ -54,7 +67,12 @@ def generate(
     segments = [Segment(speaker=s, text=t, audio=p) for s, t, p in context]
     with console.status(f"generating {len(texts)} utterance(s)"):
         results = speech.generate(
-            list(texts), speaker, context=segments, max_audio_ms=max_audio_ms, temperature=temperature, topk=topk,
+            list(texts),
+            speaker,
+            context=segments,
+            max_audio_ms=max_audio_ms,
+            temperature=temperature,
+            topk=topk,
             seed=seed,
         )
     for path, result in zip(output_paths(out, len(texts)), results):

@@ -53,7 +53,9 @@ class CommonVoiceReader:
                     raise CsmAdaptError(f"{source}: empty path or sentence")
                 speaker = speakers.setdefault(row["client_id"], len(speakers))
                 audio = self.options.root / "clips" / row["path"]
-                yield Sample(id=Path(row["path"]).stem, turns=(Turn(speaker, row["sentence"].strip(), audio),), source=source)
+                yield Sample(
+                    id=Path(row["path"]).stem, turns=(Turn(speaker, row["sentence"].strip(), audio),), source=source
+                )
 
 
 @hookimpl
