@@ -47,7 +47,8 @@ from csm_adapt.optim import build_optimizer, set_trainable
 from csm_adapt.packing import Packer
 from csm_adapt.plugin_api import LossParts
 from csm_adapt.recipe_schema import TrainConfig
-from csm_adapt.train import Totals, _autocast, _forward
+from csm_adapt.distributed import Dist
+from csm_adapt.train_step import Totals, backward_step, optimizer_step
 from csm_adapt_plugins.loss_strategies import Amortized, AmortizedOptions
 
 # Dense bf16 tensor-core peaks (no sparsity), matched in order against torch.cuda.get_device_name().
@@ -185,26 +186,16 @@ Clock = Callable[[str], None]  # marks the end of a phase; a no-op in throughput
 
 
 def our_step(model, optimizer, step: Step, device, precision: str, forward, clock: Clock) -> torch.Tensor:
-    """csm_adapt/train.py's inner loop for one optimizer step (loss = a mean over the whole step)."""
-    strategy = Amortized(AmortizedOptions())
-    n_c0, n_dec = max(step.frames, 1), max(step.decoder_frames, 1)
-    totals = Totals.zeros(model.num_codebooks, device)
-    total = torch.zeros((), device=device)
-    for batch, dmask in step.packed:
-        with _autocast(device, precision):
-            out = _forward(forward, batch.to(device), dmask.to(device, non_blocking=True))
-            parts = loss_parts(out)
-            loss = strategy.combine(
-                LossParts(parts.c0 * parts.c0_frames / n_c0, parts.decoder * parts.decoder_frames / n_dec, 0, 0)
-            )
-        clock("forward")
-        loss.backward()
-        totals.add(out, parts)
-        total += loss.detach()
-        clock("backward")
-    _optimizer_step(model, optimizer)
+    """csm_adapt/train.py's step itself: backward_step over the micro-batches, then optimizer_step."""
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    batches, masks = zip(*step.packed)
+    loss = backward_step(
+        model, forward, Amortized(AmortizedOptions()), batches, masks, Totals.zeros(model.num_codebooks, device),
+        device=device, precision=precision, d=Dist(), scaler=scaler, on_phase=clock,
+    )  # fmt: skip
+    optimizer_step(model, optimizer, scaler, grad_clip=1.0)
     clock("optimizer")
-    return total
+    return loss
 
 
 def baseline_step(model, optimizer, step: Step, device, clock: Clock) -> torch.Tensor:
@@ -223,7 +214,7 @@ def baseline_step(model, optimizer, step: Step, device, clock: Clock) -> torch.T
         loss.backward()
         total += loss.detach()
         clock("backward")
-    _optimizer_step(model, optimizer)
+    optimizer_step(model, optimizer, torch.amp.GradScaler(device.type, enabled=False), grad_clip=1.0)
     clock("optimizer")
     return total
 
@@ -253,12 +244,6 @@ def baseline_forward(model: CSM, tokens, mask, target_mask, decoder_mask) -> Tra
         decoder_logits=model.decoder_logits(h_prev[dec], dec_codes),
         decoder_targets=dec_codes[:, 1:],
     )
-
-
-def _optimizer_step(model, optimizer) -> None:
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def baseline_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import attrs
 import torch
 
 from . import parallel
@@ -22,7 +21,7 @@ from .checkpoint import build_model, load_model
 from .distributed import Dist, all_reduce_sum, init_distributed, pick_device
 from .errors import CsmAdaptError
 from .loader import TrainLoader, ValLoader
-from .losses import codebook_accuracy, loss_parts
+from .losses import loss_parts
 from .model.config import MODEL_CONFIGS
 from .optim import build_optimizer, build_scheduler, set_trainable
 from .packing import Packer
@@ -31,6 +30,7 @@ from .recipe import recipe_to_dict, recipe_to_toml
 from .recipe_schema import Recipe
 from .run_checkpoints import checkpoints_dir, latest_step_dir, load_trainer_state, save_model_dir, save_step
 from .samples import SampleWriter
+from .train_step import Totals, autocast, backward_step, forward_batch, optimizer_step
 
 # Validation scores every frame with this fixed weighting, so that the tuned `decoder_loss_weight`
 # cannot make a model look better (reference §3).
@@ -41,66 +41,14 @@ class TrainingError(CsmAdaptError):
     pass
 
 
-@attrs.define
-class Totals:
-    """Running sums between two log lines, kept on the device so the hot loop never syncs."""
-
-    c0_ce: torch.Tensor
-    decoder_ce: torch.Tensor
-    c0_frames: torch.Tensor
-    decoder_frames: torch.Tensor
-    correct: torch.Tensor  # [K] top-1 hits per codebook
-    rows: int = 0
-    steps: int = 0
-
-    @classmethod
-    def zeros(cls, k: int, device) -> Totals:
-        z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-        return cls(z(()), z(()), z(()), z(()), z(k))
-
-    def add(self, out, parts: LossParts) -> None:
-        self.c0_ce += parts.c0.detach() * parts.c0_frames
-        self.decoder_ce += parts.decoder.detach() * parts.decoder_frames
-        self.c0_frames += parts.c0_frames
-        self.decoder_frames += parts.decoder_frames
-        acc = codebook_accuracy(out)
-        self.correct[0] += acc[0] * parts.c0_frames
-        self.correct[1:] += acc[1:] * parts.decoder_frames
-
-    def metrics(self, prefix: str, d: Dist) -> dict[str, float]:
-        packed = torch.cat(
-            [torch.stack([self.c0_ce, self.decoder_ce, self.c0_frames, self.decoder_frames]), self.correct]
-        )
-        c0_ce, dec_ce, c0_n, dec_n, *correct = all_reduce_sum(packed.float(), d).tolist()
-        c0, dec = c0_ce / max(c0_n, 1), dec_ce / max(dec_n, 1)
-        out = {f"{prefix}/loss_c0": c0, f"{prefix}/loss_decoder": dec}
-        out.update(
-            {f"{prefix}/acc/c{i:02d}": hits / max(c0_n if i == 0 else dec_n, 1) for i, hits in enumerate(correct)}
-        )
-        return out
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _forward(model, batch, decoder_mask):
-    return model(
-        batch.tokens, batch.mask, batch.target_mask, input_pos=batch.input_pos, doc_ids=batch.doc_ids,
-        decoder_mask=decoder_mask,
-    )  # fmt: skip
-
-
 @torch.no_grad()
 def validate(model, val_loader: ValLoader, device, precision: str, d: Dist) -> dict[str, float]:
     """Every val frame scored by codebook 0 and the decoder; every rank reads the whole split."""
     model.eval()
     totals = Totals.zeros(model.num_codebooks, device)
     for batch in val_loader:
-        with _autocast(device, precision):
-            out = _forward(model, batch.to(device), None)
+        with autocast(device, precision):
+            out = forward_batch(model, batch.to(device), None)
         totals.add(out, loss_parts(out))
     model.train()
     metrics = totals.metrics("val", Dist())  # identical on every rank: no reduction
@@ -184,41 +132,18 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
             micro = [next(batches) for _ in range(accum)]
             # Drawn on the CPU copy: reproducible on any device, and no device sync to count them.
             decoder_masks = [strategy.select_decoder_frames(b.target_mask, frame_gen) for b in micro]
-            # The loss is a mean over every frame of the global step, whichever rank/micro-batch holds it.
-            counts = torch.tensor(
-                [sum(b.num_frames for b in micro), sum(int(m.sum()) for m in decoder_masks)], device=device
-            )
-            n_c0, n_dec = all_reduce_sum(counts.float(), d).clamp(min=1).unbind()
             try:
-                for i, (batch, dmask) in enumerate(zip(micro, decoder_masks)):
-                    # DDP: all-reduce gradients only on the step's last micro-batch.
-                    no_sync = i < accum - 1 and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
-                    with wrapped.no_sync() if no_sync else contextlib.nullcontext():
-                        with _autocast(device, cfg.precision):
-                            out = _forward(step_fn, batch.to(device), dmask.to(device, non_blocking=True))
-                            parts = loss_parts(out)
-                            global_parts = LossParts(
-                                c0=parts.c0 * parts.c0_frames / n_c0, decoder=parts.decoder * parts.decoder_frames / n_dec,
-                                c0_frames=parts.c0_frames, decoder_frames=parts.decoder_frames,
-                            )  # fmt: skip
-                            # DDP averages gradients over ranks; the loss is already a global mean.
-                            loss = strategy.combine(global_parts) * d.world_size
-                        scaler.scale(loss).backward()
-                    nonfinite |= ~torch.isfinite(loss.detach())
-                    totals.add(out, parts)
-                    totals.rows += batch.num_rows
+                loss = backward_step(
+                    wrapped, step_fn, strategy, micro, decoder_masks, totals,
+                    device=device, precision=cfg.precision, d=d, scaler=scaler,
+                )  # fmt: skip
             except torch.OutOfMemoryError:
                 raise TrainingError(
                     f"out of memory at step {step + 1} with train.rows_per_micro_batch={cfg.rows_per_micro_batch}: "
                     "lower it (train.rows_per_step keeps the optimizer batch), or set train.activation_checkpointing=true"
                 ) from None
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in wrapped.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            )
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            nonfinite |= ~torch.isfinite(loss)
+            grad_norm = optimizer_step(wrapped, optimizer, scaler, cfg.grad_clip)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             totals.steps += 1

@@ -9,7 +9,7 @@ from csm_adapt.errors import GenerationError
 from csm_adapt.generation import generate_frames, sample_topk
 from csm_adapt.model.config import FLAVORS, MODEL_CONFIGS
 from csm_adapt.model.csm import CSM, attention_mask
-from csm_adapt.model.llama import apply_rope, rope_frequencies
+from csm_adapt.model.llama import Segments, _rope_table, apply_rope, rope_frequencies
 from csm_adapt.rows import audio_frame_mask, audio_rows, text_rows, utterance_rows
 
 K = 32
@@ -65,6 +65,29 @@ def test_attention_mask_blocks_other_samples():
     m = attention_mask(doc)[0, 0]
     assert m[1, 0] and not m[2, 1] and m[4, 2] and not m[5, 4] and m[5, 5]
     assert not m[0, 1]  # causal
+
+
+def test_segments_regroup_packed_rows_without_padding():
+    doc = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, 1, 1]])
+    real = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)  # row 0 ends in padding
+    seg = Segments.from_doc_ids(doc, real)
+    assert seg.valid.sum(1).tolist() == [2, 3, 4, 2]
+    assert seg.index[seg.valid].tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    x = torch.randn(2, 6, 3)
+    back = seg.scatter(seg.gather(x), x.shape)
+    assert torch.equal(back[real], x[real]) and torch.all(back[~real] == 0)
+
+
+def test_segment_attention_equals_the_dense_document_mask(model):
+    layer = model.backbone.layers[0].attn
+    doc = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2]])
+    cos, sin = (t[pos] for t in _rope_table(model.backbone.flavor, torch.device("cpu")))
+    x = torch.randn(1, 8, model.backbone.flavor.embed_dim)
+    with torch.no_grad():
+        dense = layer(x, cos, sin, attention_mask(doc), None)
+        segmented = layer(x, cos, sin, Segments.from_doc_ids(doc, torch.ones_like(doc, dtype=torch.bool)), None)
+    assert torch.allclose(dense, segmented, atol=1e-5)
 
 
 def test_packed_forward_equals_separate(model):

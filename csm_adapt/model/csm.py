@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelArgs
-from .llama import Transformer
+from .llama import Segments, Transformer
 
 
 @attrs.frozen
@@ -26,7 +26,9 @@ class TrainOutput:
 
 
 def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Causal within each packed sample, nothing across samples: [B, S] ids -> [B, 1, S, S] bool."""
+    """Causal within each packed sample, nothing across samples: [B, S] ids -> [B, 1, S, S] bool.
+
+    The semantics the model's `Segments` path implements without building this matrix."""
     s = doc_ids.shape[1]
     causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()
     same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
@@ -108,7 +110,7 @@ class CSM(nn.Module):
         b, s, _ = tokens.shape
         if input_pos is None:
             input_pos = torch.arange(s, device=tokens.device).expand(b, s)
-        attn = None if doc_ids is None else attention_mask(doc_ids)
+        attn = None if doc_ids is None else Segments.from_doc_ids(doc_ids, mask.any(-1))
         h = self.backbone(self.embed_rows(tokens, mask), input_pos, attn)
 
         # The state at row t-1 predicts frame t.

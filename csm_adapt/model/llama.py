@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +80,46 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+@attrs.frozen
+class Segments:
+    """Packed samples regrouped for attention: grid cell [n, j] is row `index[n, j]` of the flattened
+    [B*S] sequence (`valid` marks real cells; each sample is left-aligned in its grid row).
+
+    Attention then runs on a batch of one sample per grid row with a plain causal mask: cost in
+    sum(len^2) instead of S^2 per packed sequence, no dense mask, and the kernels that need
+    `is_causal` (flash) stay usable. Rows in no segment (padding) get no attention output.
+    """
+
+    index: torch.Tensor  # [N, L] long
+    valid: torch.Tensor  # [N, L] bool
+
+    @classmethod
+    def from_doc_ids(cls, doc_ids: torch.Tensor, real: torch.Tensor) -> Segments:
+        """doc_ids: [B, S] sample ids, each sample a contiguous run; real: [B, S] rows with content."""
+        b, s = doc_ids.shape
+        rows = torch.arange(b * s, device=doc_ids.device)[real.reshape(-1)]
+        # A new segment starts at each real row whose predecessor is another sample or another row.
+        key = (doc_ids + torch.arange(b, device=doc_ids.device)[:, None] * (int(doc_ids.max()) + 1)).reshape(-1)[rows]
+        starts = torch.ones_like(key, dtype=torch.bool)
+        starts[1:] = (key[1:] != key[:-1]) | (rows[1:] != rows[:-1] + 1)
+        first = starts.nonzero().squeeze(1)
+        lengths = torch.diff(first, append=torch.tensor([len(rows)], device=first.device))
+        offsets = torch.arange(int(lengths.max()), device=first.device)
+        valid = offsets[None] < lengths[:, None]
+        index = rows[(first[:, None] + offsets[None]).clamp(max=len(rows) - 1)]
+        return cls(torch.where(valid, index, 0), valid)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, ...] -> [N, L, ...]"""
+        return x.flatten(0, 1)[self.index]
+
+    def scatter(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """[N, L, ...] -> [B, S, ...], zeros where no segment covers a row."""
+        out = y.new_zeros(shape[0] * shape[1], *y.shape[2:])
+        out[self.index[self.valid]] = y[self.valid]
+        return out.view(*shape[:2], *y.shape[2:])
+
+
 class Attention(nn.Module):
     def __init__(self, flavor: TransformerFlavor):
         super().__init__()
@@ -92,11 +133,18 @@ class Attention(nn.Module):
         self.output_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache_start: int | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask: torch.Tensor | Segments | None, cache_start: int | None) -> torch.Tensor:
         b, s, _ = x.shape
         q = apply_rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if isinstance(mask, Segments):
+            out = self._attend(*(mask.gather(t) for t in (q, k, v)), None, None)
+            return self.output_proj(mask.scatter(out, x.shape).reshape(b, s, -1))
+        return self.output_proj(self._attend(q, k, v, mask, cache_start).reshape(b, s, -1))
+
+    def _attend(self, q, k, v, mask: torch.Tensor | None, cache_start: int | None) -> torch.Tensor:
+        """[B, S, H, D] in and out."""
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if cache_start is not None:
             assert self.kv_cache is not None, "call setup_cache() before decoding with a cache"
@@ -107,7 +155,7 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.num_heads != self.num_kv_heads
         )
-        return self.output_proj(out.transpose(1, 2).reshape(b, s, -1))
+        return out.transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -135,7 +183,8 @@ class TransformerLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Layers + final norm. `mask` is a boolean [B, 1, S, L] (True = may attend) or None for causal."""
+    """Layers + final norm. `mask`: None for causal, `Segments` for packed samples, or a boolean
+    [B, 1, S, L] (True = may attend) for anything else (generation with padded prompts)."""
 
     def __init__(self, flavor: TransformerFlavor):
         super().__init__()
@@ -157,7 +206,7 @@ class Transformer(nn.Module):
         self,
         x: torch.Tensor,
         input_pos: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | Segments | None = None,
         cache_start: int | None = None,
     ) -> torch.Tensor:
         cos_table, sin_table = _rope_table(self.flavor, x.device)
