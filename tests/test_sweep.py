@@ -19,11 +19,11 @@ from csm_adapt.cli import cli
 from csm_adapt.errors import ConfigError
 from csm_adapt.prepare import prepare
 from csm_adapt.recipe import load_recipe
-from csm_adapt.sweep import run_sweep, study_name, sweep_dir
-from csm_adapt.sweep_report import BEST, PLOTS, TENSORBOARD, TRIALS_CSV
-from csm_adapt.sweep_space import check_space, suggest
-from csm_adapt.sweep_study import INTERRUPTED, open_storage, open_study
-from csm_adapt.sweep_workers import plan_slots
+from csm_adapt.sweep.runner import run_sweep, study_name, sweep_dir
+from csm_adapt.sweep.report import BEST, PLOTS, TENSORBOARD, TRIALS_CSV
+from csm_adapt.sweep.space import check_space, suggest
+from csm_adapt.sweep.study import INTERRUPTED, open_storage, open_study
+from csm_adapt.sweep.workers import plan_slots
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "demo.toml"

@@ -41,6 +41,6 @@ def sweep(
     Example: csm-adapt sweep recipes/french.toml --trials 50 --workers 2, then
     csm-adapt run runs/french-sweep/best.toml
     """
-    from csm_adapt.sweep import run_sweep
+    from csm_adapt.sweep.runner import run_sweep
 
     run_sweep(recipe, overrides, trials=trials, workers=workers, workers_per_gpu=workers_per_gpu, storage=storage)

@@ -14,7 +14,7 @@
     name = "tpe"                      # or "random"
 
 Each parameter is keyed by the recipe key path it overrides. Whether its values suit that key is
-checked against the recipe itself (sweep_space.check_space); here only the shape of each entry.
+checked against the recipe itself (space.check_space); here only the shape of each entry.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class PrunerConfig:
 @attrs.frozen(kw_only=True)
 class SamplerConfig:
     name: Literal["tpe", "random"] = "tpe"
-    seed: int = 0  # each worker samples with a seed derived from it (sweep.py)
+    seed: int = 0  # each worker samples with a seed derived from it (runner.py)
     # TPE: model the parameters jointly (they interact: lr with warmup, weight decay).
     multivariate: bool | None = None
 

@@ -18,8 +18,8 @@ from rich.table import Table
 
 from csm_adapt.recipe import load_recipe, recipe_to_toml
 from csm_adapt.recipe_schema import Recipe
-from csm_adapt.sweep_space import as_overrides, literal, with_fixed
-from csm_adapt.sweep_study import FAIL_REASON, INTERRUPTED
+from csm_adapt.sweep.space import as_overrides, literal, with_fixed
+from csm_adapt.sweep.study import FAIL_REASON, INTERRUPTED
 
 BEST = "best.toml"
 TRIALS_CSV = "trials.csv"

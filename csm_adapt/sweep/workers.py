@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 
 from csm_adapt.errors import ConfigError
-from csm_adapt.sweep_worker import Job
+from csm_adapt.sweep.worker import Job
 
 
 @attrs.frozen
@@ -64,7 +64,7 @@ def launch(job: Job, slots: list[Slot], log_dir: Path) -> list[subprocess.Popen]
         worker_job = attrs.evolve(job, seed=job.seed + i, threads=slot.threads, memory_fraction=slot.memory_fraction)
         with open(log_dir / f"worker-{i}.log", "ab") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "csm_adapt.sweep_worker", worker_job.to_json()],
+                [sys.executable, "-m", "csm_adapt.sweep.worker", worker_job.to_json()],
                 env={**os.environ, **slot.env}, stdout=log, stderr=subprocess.STDOUT,
             ))  # fmt: skip
     return procs

@@ -1,6 +1,6 @@
 """One sweep worker process: runs trials of the shared study until the sweep has its trials.
 
-Started by `sweep_workers.launch` as `python -m csm_adapt.sweep_worker JOB_JSON`; its device is
+Started by `sweep.workers.launch` as `python -m csm_adapt.sweep.worker JOB_JSON`; its device is
 chosen through the environment it is started with (CUDA_VISIBLE_DEVICES, thread counts).
 Each trial is an ordinary training run of the engine in `<sweep_dir>/trial-NNNN/`.
 """
@@ -18,9 +18,9 @@ import torch
 
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.recipe import load_recipe, save_recipe
-from csm_adapt.sweep_config import SweepConfig
-from csm_adapt.sweep_space import as_overrides, literal, suggest
-from csm_adapt.sweep_study import FAIL_REASON, open_storage, open_study, trials_left
+from csm_adapt.sweep.config import SweepConfig
+from csm_adapt.sweep.space import as_overrides, literal, suggest
+from csm_adapt.sweep.study import FAIL_REASON, open_storage, open_study, trials_left
 from csm_adapt.train import train
 
 # What a failed trial may raise without stopping the sweep: the engine's own errors (NaN loss,

@@ -14,11 +14,11 @@ from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.prepare import prepare
 from csm_adapt.recipe import load_recipe
 from csm_adapt.recipe_schema import Recipe
-from csm_adapt.sweep_report import report
-from csm_adapt.sweep_space import check_space
-from csm_adapt.sweep_study import open_storage, open_study, retry_interrupted
-from csm_adapt.sweep_worker import Job
-from csm_adapt.sweep_workers import launch, plan_slots, visible_gpus, wait
+from csm_adapt.sweep.report import report
+from csm_adapt.sweep.space import check_space
+from csm_adapt.sweep.study import open_storage, open_study, retry_interrupted
+from csm_adapt.sweep.worker import Job
+from csm_adapt.sweep.workers import launch, plan_slots, visible_gpus, wait
 
 
 def sweep_dir(recipe: Recipe) -> Path:

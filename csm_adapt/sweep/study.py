@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from csm_adapt.errors import ConfigError
-from csm_adapt.sweep_config import SweepConfig
+from csm_adapt.sweep.config import SweepConfig
 
 JOURNAL = "journal.log"
 FAIL_REASON = "fail_reason"  # user attr of a trial that failed by itself (OOM, NaN): counts as run
@@ -59,7 +59,7 @@ def open_study(
 ) -> optuna.Study:
     """Create the study, or load it when it exists (a resumed sweep, or another worker).
 
-    `seed`: the sampler's, when not sweep.sampler.seed (each worker needs its own, see sweep.py).
+    `seed`: the sampler's, when not sweep.sampler.seed (each worker needs its own, see runner.py).
     """
     s = sweep.sampler
     seed = s.seed if seed is None else seed

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps with Optuna: `csm-adapt sweep` (runner.run_sweep)."""
