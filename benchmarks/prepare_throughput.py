@@ -1,6 +1,6 @@
 """Prepare throughput on the shipped demo set: Mimi batched across clips vs one clip per call.
 
-    python benchmarks/prepare_throughput.py [--device cuda] [--batch-seconds 120] [--repeat 1] [--json]
+    python benchmarks/prepare_throughput.py [--device cuda] [--batch-seconds 120] [--repeat 1] [--json out.json]
 
 Runs the whole prepare path (read, decode, resample, tokenize, encode, write shards) with the
 offline tokenizer and codec, into a temporary folder, and reports clips/s and audio-seconds/s.
@@ -47,8 +47,8 @@ def run(frontend: Frontend, batch_seconds: float, repeat: int) -> dict:
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @click.option("--batch-seconds", default=120.0, show_default=True, help="Padded audio per Mimi call, batched run.")
 @click.option("--repeat", default=1, show_default=True, help="Runs per setting; the fastest is reported.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def main(device: str, batch_seconds: float, repeat: int, as_json: bool) -> None:
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
+def main(device: str, batch_seconds: float, repeat: int, json_path: Path | None) -> None:
     frontend = Frontend(TextTokenizer.load("offline"), AudioCodec.load("offline", device))
     results = {
         "device": device,
@@ -56,9 +56,8 @@ def main(device: str, batch_seconds: float, repeat: int, as_json: bool) -> None:
         "batched": run(frontend, batch_seconds, repeat),
         "one_clip_at_a_time": run(frontend, 1e-3, repeat),
     }
-    if as_json:
-        click.echo(json.dumps(results, indent=1))
-        return
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
     table = Table(title=f"prepare throughput, demo set, {device} ({results['torch_threads']} threads)")
     for column in ("mode", "clips", "audio s", "seconds", "clips/s", "audio s/s"):
         table.add_column(column, justify="right")
