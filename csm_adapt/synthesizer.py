@@ -18,6 +18,7 @@ import torch
 from .audio_codec import AudioCodec
 from .audio_io import load_audio
 from .checkpoint import load_model
+from .errors import ConfigError
 from .generation import FRAME_MS, generate_frames
 from .model.csm import CSM
 from .rows import text_rows, utterance_rows
@@ -58,6 +59,11 @@ def _frontend_defaults(model_source: str | os.PathLike) -> dict:
 
 class Synthesizer:
     def __init__(self, model: CSM, text_tokenizer: TextTokenizer, audio_codec: AudioCodec):
+        if text_tokenizer.vocab_size > model.args.text_vocab_size:
+            raise ConfigError(
+                f"text tokenizer {text_tokenizer.source!r} has {text_tokenizer.vocab_size} ids but the model's text "
+                f"vocabulary holds {model.args.text_vocab_size}: they were not made for each other"
+            )
         self.model = model
         self.text_tokenizer = text_tokenizer
         self.audio_codec = audio_codec

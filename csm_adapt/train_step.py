@@ -83,7 +83,7 @@ def backward_step(
     precision: str,
     d: Dist,
     scaler: torch.amp.GradScaler,
-    on_phase: Callable[[str], None] = lambda phase: None,
+    on_phase: Callable[[str], None] = lambda _: None,
 ) -> torch.Tensor:
     """Accumulate the gradients of one optimizer step; returns its loss (detached, on the device).
 

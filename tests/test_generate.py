@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import soundfile as sf
@@ -77,3 +78,12 @@ def test_cli_generate_reports_a_bad_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, ["generate", "--model", str(tmp_path), "--text", "x", "--device", "cpu"])
     assert result.exit_code == 2
     assert str(tmp_path) in result.output and "config.json" in result.output
+
+
+def test_a_tokenizer_too_big_for_the_model_is_refused(checkpoint):
+    from csm_adapt.errors import ConfigError
+
+    speech = Synthesizer.load(checkpoint)
+    speech.model.args = attrs.evolve(speech.model.args, text_vocab_size=100)
+    with pytest.raises(ConfigError, match="987 ids but the model's text vocabulary holds 100"):
+        Synthesizer(speech.model, speech.text_tokenizer, speech.audio_codec)

@@ -20,7 +20,7 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
     """
     import os
 
-    from csm_adapt.distributed import barrier, init_distributed, pick_device
+    from csm_adapt.distributed import barrier, init_distributed, pick_device, shutdown
     from csm_adapt.prepare import prepare
     from csm_adapt.recipe import load_recipe, print_recipe, save_recipe
     from csm_adapt.train import train
@@ -35,7 +35,10 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
         # Rank 0 prepares (or checks) the shards while the other ranks wait.
         prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console)
     barrier(d)
-    final = train(resolved, resume=resume)
+    try:
+        final = train(resolved, resume=resume)
+    finally:
+        shutdown(d)
     if main:
         run_dir = resolved.output.run_dir
         console.print(f"[green]done.[/] final model: {final}")
