@@ -47,7 +47,9 @@ def run(frontend: Frontend, batch_seconds: float, repeat: int) -> dict:
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @click.option("--batch-seconds", default=120.0, show_default=True, help="Padded audio per Mimi call, batched run.")
 @click.option("--repeat", default=1, show_default=True, help="Runs per setting; the fastest is reported.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here."
+)
 def main(device: str, batch_seconds: float, repeat: int, json_path: Path | None) -> None:
     frontend = Frontend(TextTokenizer.load("offline"), AudioCodec.load("offline", device))
     results = {
