@@ -21,7 +21,9 @@ test-system-packages:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_SYSTEM_PACKAGES) >/dev/null) \
 		|| echo "warning: could not install $(TEST_SYSTEM_PACKAGES); the tests that need them will skip"; fi
 
+# The demo starts over each time (a run directory holds one run; `csm-adapt run` refuses to mix two).
 demo: setup
+	rm -rf runs/demo
 	$(BIN)/csm-adapt run recipes/demo.toml
 
 test: setup test-system-packages

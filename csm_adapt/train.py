@@ -77,6 +77,13 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     """
     cfg = recipe.train
     run_dir = Path(recipe.output.run_dir)
+    existing = checkpoints_dir(run_dir)
+    if not resume and existing.is_dir() and any(existing.iterdir()):
+        # Starting over would mix two runs' checkpoints, metrics and samples in one directory.
+        raise TrainingError(
+            f"{run_dir} already holds a run ({existing}); continue it with --resume, or train into another "
+            "directory (output.run_dir=...), or delete it first"
+        )
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     d = init_distributed(device)
     torch.manual_seed(cfg.seed)

@@ -211,6 +211,13 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, dataset):
     assert metrics(whole_dir, "val/loss") == metrics(killed_dir, "val/loss")
 
 
+def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path, dataset):
+    _, recipe = run_recipe(tmp_path, dataset, ["train.steps=2", "train.checkpoint_every=2"])
+    train(recipe)
+    with pytest.raises(CsmAdaptError, match="already holds a run.*--resume"):
+        train(recipe)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, dataset):
     _, recipe = run_recipe(tmp_path, dataset)
     with pytest.raises(CsmAdaptError, match="--resume: no complete checkpoint"):
