@@ -20,7 +20,7 @@ from .model.csm import CSM
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def wrap(model: CSM, strategy: str, d: Dist, device: torch.device) -> nn.Module:
+def wrap(model: CSM, strategy: str, d: Dist) -> nn.Module:
     if not d.enabled:
         return model
     if strategy == "fsdp":
@@ -29,7 +29,9 @@ def wrap(model: CSM, strategy: str, d: Dist, device: torch.device) -> nn.Module:
         for layer in [*model.backbone.layers, *model.decoder.layers]:
             fully_shard(layer)
         return fully_shard(model)
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # device_ids=None: the model is already on its device, and DDP must not move the CPU index masks
+    # of the forward's inputs there (CSM.forward would then wait on the device to build indices).
+    return DistributedDataParallel(model, device_ids=None)
 
 
 def unwrap(model: nn.Module) -> CSM:

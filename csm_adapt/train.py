@@ -48,7 +48,7 @@ def validate(model, val_loader: ValLoader, device, precision: str, d: Dist) -> d
     totals = Totals.zeros(model.num_codebooks, device)
     for batch in val_loader:
         with autocast(device, precision):
-            out = forward_batch(model, batch.to(device), None)
+            out = forward_batch(model, batch, None, device)
         totals.add(out, loss_parts(out))
     model.train()
     metrics = totals.metrics("val", Dist())  # identical on every rank: no reduction
@@ -93,7 +93,7 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     set_trainable(model, cfg)
     model.backbone.checkpoint_layers = model.decoder.checkpoint_layers = cfg.activation_checkpointing
     model.train()
-    wrapped = parallel.wrap(model, cfg.parallel, d, device)
+    wrapped = parallel.wrap(model, cfg.parallel, d)
     optimizer = build_optimizer(wrapped, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step_fn = torch.compile(wrapped) if cfg.compile else wrapped

@@ -64,10 +64,16 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def forward_batch(model, batch, decoder_mask):
+def forward_batch(model, batch: Batch, decoder_mask: torch.Tensor | None, device: torch.device):
+    """The rows go to the device; the masks that only define indices stay on the CPU, so that the
+    forward pass never waits for the device (CSM.forward)."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, non_blocking=True)
+
     return model(
-        batch.tokens, batch.mask, batch.target_mask, input_pos=batch.input_pos, doc_ids=batch.doc_ids,
-        decoder_mask=decoder_mask,
+        move(batch.tokens), move(batch.mask), batch.target_mask, input_pos=move(batch.input_pos),
+        doc_ids=batch.doc_ids, decoder_mask=decoder_mask,
     )  # fmt: skip
 
 
@@ -99,7 +105,7 @@ def backward_step(
         no_sync = i < len(batches) - 1 and isinstance(model, torch.nn.parallel.DistributedDataParallel)
         with model.no_sync() if no_sync else contextlib.nullcontext():
             with autocast(device, precision):
-                out = forward_batch(forward, batch.to(device), dmask.to(device, non_blocking=True))
+                out = forward_batch(forward, batch, dmask, device)
                 parts = loss_parts(out)
                 share = LossParts(
                     c0=parts.c0 * parts.c0_frames / n_c0, decoder=parts.decoder * parts.decoder_frames / n_dec,

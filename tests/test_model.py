@@ -67,15 +67,12 @@ def test_attention_mask_blocks_other_samples():
     assert not m[0, 1]  # causal
 
 
-def test_segments_regroup_packed_rows_without_padding():
+def test_segments_regroup_packed_rows():
     doc = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, 1, 1]])
-    real = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)  # row 0 ends in padding
-    seg = Segments.from_doc_ids(doc, real)
-    assert seg.valid.sum(1).tolist() == [2, 3, 4, 2]
-    assert seg.index[seg.valid].tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    seg = Segments.from_doc_ids(doc)
+    assert seg.index.tolist() == [[0, 1, 12, 12], [2, 3, 4, 12], [5, 12, 12, 12], [6, 7, 8, 9], [10, 11, 12, 12]]
     x = torch.randn(2, 6, 3)
-    back = seg.scatter(seg.gather(x), x.shape)
-    assert torch.equal(back[real], x[real]) and torch.all(back[~real] == 0)
+    assert torch.equal(seg.scatter(seg.gather(x), x.shape), x)
 
 
 def test_segment_attention_equals_the_dense_document_mask(model):
@@ -86,7 +83,7 @@ def test_segment_attention_equals_the_dense_document_mask(model):
     x = torch.randn(1, 8, model.backbone.flavor.embed_dim)
     with torch.no_grad():
         dense = layer(x, cos, sin, attention_mask(doc), None)
-        segmented = layer(x, cos, sin, Segments.from_doc_ids(doc, torch.ones_like(doc, dtype=torch.bool)), None)
+        segmented = layer(x, cos, sin, Segments.from_doc_ids(doc), None)
     assert torch.allclose(dense, segmented, atol=1e-5)
 
 

@@ -106,24 +106,27 @@ class CSM(nn.Module):
         no previous state). input_pos/doc_ids: [B, S] per-sample positions and sample ids when several
         samples are packed in one row sequence (no attention across samples); None = one sample per row.
         decoder_mask: [B, S] subset of target_mask given to the depth decoder (None = all targets).
+
+        target_mask, doc_ids and decoder_mask only define indices: they may stay on the CPU while
+        tokens are on an accelerator, and then no device-to-host sync happens here.
         """
         b, s, _ = tokens.shape
+        device = tokens.device
         if input_pos is None:
-            input_pos = torch.arange(s, device=tokens.device).expand(b, s)
-        attn = None if doc_ids is None else Segments.from_doc_ids(doc_ids, mask.any(-1))
+            input_pos = torch.arange(s, device=device).expand(b, s)
+        attn = None if doc_ids is None else Segments.from_doc_ids(doc_ids).to(device)
         h = self.backbone(self.embed_rows(tokens, mask), input_pos, attn)
 
         # The state at row t-1 predicts frame t.
-        h_prev, frames = h[:, :-1], tokens[:, 1:, : self.num_codebooks]
+        h_prev = h[:, :-1].reshape(b * (s - 1), -1)
+        frames = tokens[:, 1:, : self.num_codebooks].reshape(b * (s - 1), -1)
         targets = target_mask[:, 1:]
-        c0_logits = self.codebook0_head(h_prev[targets])
-        c0_targets = frames[targets][:, 0]
-
         dec = targets if decoder_mask is None else decoder_mask[:, 1:] & targets
-        dec_codes = frames[dec]
+        target_rows, dec_rows = (m.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True) for m in (targets, dec))
+        dec_codes = frames[dec_rows]
         return TrainOutput(
-            c0_logits=c0_logits,
-            c0_targets=c0_targets,
-            decoder_logits=self.decoder_logits(h_prev[dec], dec_codes),
+            c0_logits=self.codebook0_head(h_prev[target_rows]),
+            c0_targets=frames[target_rows][:, 0],
+            decoder_logits=self.decoder_logits(h_prev[dec_rows], dec_codes),
             decoder_targets=dec_codes[:, 1:],
         )

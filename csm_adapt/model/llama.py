@@ -83,41 +83,40 @@ class KVCache:
 @attrs.frozen
 class Segments:
     """Packed samples regrouped for attention: grid cell [n, j] is row `index[n, j]` of the flattened
-    [B*S] sequence (`valid` marks real cells; each sample is left-aligned in its grid row).
+    [B*S] sequence, each sample left-aligned in its grid row; cells past a sample's end hold B*S.
 
     Attention then runs on a batch of one sample per grid row with a plain causal mask: cost in
     sum(len^2) instead of S^2 per packed sequence, no dense mask, and the kernels that need
-    `is_causal` (flash) stay usable. Rows in no segment (padding) get no attention output.
+    `is_causal` (flash) stay usable. A padding tail is a sample of its own (short: packing fills
+    the sequences). Built from CPU `doc_ids`, nothing here syncs with the device.
     """
 
     index: torch.Tensor  # [N, L] long
-    valid: torch.Tensor  # [N, L] bool
 
     @classmethod
-    def from_doc_ids(cls, doc_ids: torch.Tensor, real: torch.Tensor) -> Segments:
-        """doc_ids: [B, S] sample ids, each sample a contiguous run; real: [B, S] rows with content."""
+    def from_doc_ids(cls, doc_ids: torch.Tensor) -> Segments:
+        """doc_ids: [B, S] sample ids, each sample one contiguous run of its row."""
         b, s = doc_ids.shape
-        rows = torch.arange(b * s, device=doc_ids.device)[real.reshape(-1)]
-        # A new segment starts at each real row whose predecessor is another sample or another row.
-        key = (doc_ids + torch.arange(b, device=doc_ids.device)[:, None] * (int(doc_ids.max()) + 1)).reshape(-1)[rows]
-        starts = torch.ones_like(key, dtype=torch.bool)
-        starts[1:] = (key[1:] != key[:-1]) | (rows[1:] != rows[:-1] + 1)
-        first = starts.nonzero().squeeze(1)
-        lengths = torch.diff(first, append=torch.tensor([len(rows)], device=first.device))
+        starts = torch.ones(b, s, dtype=torch.bool, device=doc_ids.device)
+        starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        first = starts.reshape(-1).nonzero().squeeze(1)
+        lengths = torch.diff(first, append=torch.tensor([b * s], device=first.device))
         offsets = torch.arange(int(lengths.max()), device=first.device)
-        valid = offsets[None] < lengths[:, None]
-        index = rows[(first[:, None] + offsets[None]).clamp(max=len(rows) - 1)]
-        return cls(torch.where(valid, index, 0), valid)
+        return cls(torch.where(offsets[None] < lengths[:, None], first[:, None] + offsets[None], b * s))
+
+    def to(self, device: torch.device) -> Segments:
+        return Segments(self.index.to(device, non_blocking=True))
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, S, ...] -> [N, L, ...]"""
-        return x.flatten(0, 1)[self.index]
+        """[B, S, ...] -> [N, L, ...]; cells past a sample's end repeat its last row (never attended)."""
+        return x.flatten(0, 1)[self.index.clamp(max=x.shape[0] * x.shape[1] - 1)]
 
     def scatter(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """[N, L, ...] -> [B, S, ...], zeros where no segment covers a row."""
-        out = y.new_zeros(shape[0] * shape[1], *y.shape[2:])
-        out[self.index[self.valid]] = y[self.valid]
-        return out.view(*shape[:2], *y.shape[2:])
+        """[N, L, ...] -> [B, S, ...]: every row comes from its one cell; the others go to a spare row."""
+        rows = shape[0] * shape[1]
+        out = y.new_empty(rows + 1, *y.shape[2:])
+        out[self.index] = y
+        return out[:rows].view(*shape[:2], *y.shape[2:])
 
 
 class Attention(nn.Module):
