@@ -35,6 +35,12 @@ def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal).unsqueeze(1)
 
 
+@torch.compiler.disable  # data-dependent shapes from CPU masks: built outside any compiled graph
+def _true_rows(*masks: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Flat indices of the True entries of each mask, copied to `device` without waiting for it."""
+    return [m.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True) for m in masks]
+
+
 class CSM(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -122,7 +128,7 @@ class CSM(nn.Module):
         frames = tokens[:, 1:, : self.num_codebooks].reshape(b * (s - 1), -1)
         targets = target_mask[:, 1:]
         dec = targets if decoder_mask is None else decoder_mask[:, 1:] & targets
-        target_rows, dec_rows = (m.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True) for m in (targets, dec))
+        target_rows, dec_rows = _true_rows(targets, dec, device=device)
         dec_codes = frames[dec_rows]
         return TrainOutput(
             c0_logits=self.codebook0_head(h_prev[target_rows]),

@@ -47,6 +47,7 @@ def rope_frequencies(flavor: TransformerFlavor) -> torch.Tensor:
     return scaled.float()
 
 
+@torch.compiler.disable  # a cached lookup, not graph material
 @lru_cache(maxsize=16)
 def _rope_table(flavor: TransformerFlavor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Cached per device instead of stored as a buffer: rotary tables must never reach a checkpoint.
@@ -94,6 +95,7 @@ class Segments:
     index: torch.Tensor  # [N, L] long
 
     @classmethod
+    @torch.compiler.disable  # data-dependent shapes from CPU ids: built outside any compiled graph
     def from_doc_ids(cls, doc_ids: torch.Tensor) -> Segments:
         """doc_ids: [B, S] sample ids, each sample one contiguous run of its row."""
         b, s = doc_ids.shape
