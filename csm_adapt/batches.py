@@ -1,9 +1,9 @@
 """One prepared sample -> rows, and packed row sequences -> a padded training `Batch`.
 
 A packed sequence holds several samples back to back; each keeps its own positions (restarting at
-0) and its own doc id, so the model's document-causal mask (`csm.attention_mask`) lets no sample
-see another. Padding rows get a doc id of their own: nothing attends to them, and each still
-attends to itself, so no attention row is empty (an all-masked softmax row is NaN).
+0) and its own doc id, so the model (which attends within each doc id: `llama.Segments`) lets no
+sample see another. The padding tail gets a doc id of its own: a short sample of its own that
+nothing else attends to.
 """
 
 from __future__ import annotations

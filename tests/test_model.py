@@ -8,9 +8,10 @@ import torch
 from csm_adapt.errors import GenerationError
 from csm_adapt.generation import generate_frames, sample_topk
 from csm_adapt.model.config import FLAVORS, MODEL_CONFIGS
-from csm_adapt.model.csm import CSM, attention_mask
+from csm_adapt.model.csm import CSM
 from csm_adapt.model.llama import Segments, _rope_table, apply_rope, rope_frequencies
 from csm_adapt.rows import audio_frame_mask, audio_rows, text_rows, utterance_rows
+from document_mask import attention_mask  # tests/document_mask.py
 
 K = 32
 

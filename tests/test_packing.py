@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from csm_adapt.batches import collate, sample_rows
 from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.model.csm import CSM, attention_mask
+from csm_adapt.model.csm import CSM
 from csm_adapt.packing import Packer
 from csm_adapt.rows import audio_frame_mask
+from document_mask import attention_mask  # tests/document_mask.py
 
 K = 32
 

@@ -25,16 +25,6 @@ class TrainOutput:
     decoder_targets: torch.Tensor  # [M, K-1]
 
 
-def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Causal within each packed sample, nothing across samples: [B, S] ids -> [B, 1, S, S] bool.
-
-    The semantics the model's `Segments` path implements without building this matrix."""
-    s = doc_ids.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
-    return (same_doc & causal).unsqueeze(1)
-
-
 @torch.compiler.disable  # data-dependent shapes from CPU masks: built outside any compiled graph
 def _true_rows(*masks: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     """Flat indices of the True entries of each mask, copied to `device` without waiting for it."""
