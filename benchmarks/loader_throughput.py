@@ -18,9 +18,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from csm_adapt.loader import TrainLoader
-from csm_adapt.packing import Packer
-from csm_adapt.shards import PreparedSample, write_shard
+from csm_adapt.data.loader import TrainLoader
+from csm_adapt.data.packing import Packer
+from csm_adapt.data.shard_writer import PreparedSample, write_shard
 
 K = 32
 

@@ -18,13 +18,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from csm_adapt.audio_codec import AudioCodec
-from csm_adapt.plugin_manager import load_plugins
-from csm_adapt.prepare import prepare
-from csm_adapt.recipe_schema import DataConfig, ModelConfig, ReaderRef
-from csm_adapt.registries import collect
-from csm_adapt.shard_encoder import Frontend
-from csm_adapt.text_tokenizer import TextTokenizer
+from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
+from csm_adapt.data.encode import Frontend
+from csm_adapt.data.prepare import prepare
+from csm_adapt.model.audio_codec import AudioCodec
+from csm_adapt.model.text_tokenizer import TextTokenizer
+from csm_adapt.plugin_engine.manager import load_plugins
+from csm_adapt.plugin_engine.registries import collect
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo_data"
 MODEL = ModelConfig(text_tokenizer="offline", audio_codec="offline")

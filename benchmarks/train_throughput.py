@@ -9,7 +9,7 @@ same samples per optimizer step and the same decoder frames, so the ratio measur
 - ours: samples packed into sequences of up to `--rows` rows (Packer + collate, as the loader does),
   document-causal attention, the embedding_bag row embedding, bf16 autocast (CUDA), fused AdamW,
   the `amortized` strategy (decoder on 1/16 of the frames), optional torch.compile and activation
-  checkpointing: the same calls as csm_adapt/train.py's inner loop.
+  checkpointing: the same calls as csm_adapt/training/loop.py's inner loop.
 - baseline (the community code, reference §5/§6): one sample per sequence, micro-batches of
   `--baseline-batch` samples bucketed by frame count and padded to the longest, a dense [B, S, S]
   boolean mask, all 33 embedding columns materialised then masked and summed, fp32, unfused AdamW.
@@ -28,8 +28,8 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import numpy as np
@@ -37,18 +37,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from csm_adapt.batches import Batch, SampleRows, collate, sample_rows
-from csm_adapt.checkpoint import build_model
-from csm_adapt.loader import TrainLoader
-from csm_adapt.losses import loss_parts
+from csm_adapt.config.schema import TrainConfig
+from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
+from csm_adapt.data.loader import TrainLoader
+from csm_adapt.data.packing import Packer
+from csm_adapt.model.checkpoint import build_model
 from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
 from csm_adapt.model.csm import CSM, TrainOutput
-from csm_adapt.optim import build_optimizer, set_trainable
-from csm_adapt.packing import Packer
 from csm_adapt.plugin_api import LossParts
-from csm_adapt.recipe_schema import TrainConfig
-from csm_adapt.distributed import Dist
-from csm_adapt.train_step import Totals, backward_step, optimizer_step
+from csm_adapt.training.distributed import Dist
+from csm_adapt.training.losses import loss_parts
+from csm_adapt.training.optim import build_optimizer, set_trainable
+from csm_adapt.training.step import Totals, backward_step, optimizer_step
 from csm_adapt_plugins.loss_strategies import Amortized, AmortizedOptions
 
 # Dense bf16 tensor-core peaks (no sparsity), matched in order against torch.cuda.get_device_name().
@@ -186,7 +186,7 @@ Clock = Callable[[str], None]  # marks the end of a phase; a no-op in throughput
 
 
 def our_step(model, optimizer, step: Step, device, precision: str, forward, clock: Clock) -> torch.Tensor:
-    """csm_adapt/train.py's step itself: backward_step over the micro-batches, then optimizer_step."""
+    """csm_adapt/training/loop.py's step itself: backward_step over the micro-batches, then optimizer_step."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches, masks = zip(*step.packed)
     loss = backward_step(
@@ -305,7 +305,7 @@ def measure(
         spent = dict.fromkeys(phases, 0.0)
         last = [time.perf_counter()]
 
-        def clock(phase: str) -> None:
+        def clock(phase: str, spent=spent, last=last) -> None:
             _sync(device)
             now = time.perf_counter()
             spent[phase] += now - last[0]
@@ -416,7 +416,8 @@ def run(opts: argparse.Namespace) -> dict:
 def print_table(report: dict) -> None:
     r, cfg = report["results"], report["config"]
     table = Table(
-        title=f"{cfg['model']} on {report['machine'].get('gpu', report['machine']['cpu'])}, {cfg['rows']} rows/micro-batch, {cfg['rows_per_step']} rows/step"
+        title=f"{cfg['model']} on {report['machine'].get('gpu', report['machine']['cpu'])}, "
+        f"{cfg['rows']} rows/micro-batch, {cfg['rows_per_step']} rows/step"
     )
     table.add_column("")
     for name in r:

@@ -17,8 +17,8 @@ from csm_adapt.commands.run import run
 from csm_adapt.commands.sweep import sweep
 from csm_adapt.commands.validate import validate
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_manager import load_plugins
-from csm_adapt.registries import collect
+from csm_adapt.plugin_engine.manager import load_plugins
+from csm_adapt.plugin_engine.registries import collect
 
 
 def report_error(error: CsmAdaptError) -> None:

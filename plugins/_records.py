@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Turn

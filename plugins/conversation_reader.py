@@ -19,16 +19,16 @@ Turn paths are relative to the metadata file's folder. Prepare splits a dialogue
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Sample, Turn
-
-from ._records import check_file, read_records, turn_from_record
+from csm_adapt_plugins._records import check_file, read_records, turn_from_record
 
 
 def _speakers_match_mode(instance, attribute, value) -> None:

@@ -11,16 +11,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Sample
-
-from ._records import check_file, read_records, turn_from_record
+from csm_adapt_plugins._records import check_file, read_records, turn_from_record
 
 
 @attrs.frozen

@@ -14,8 +14,9 @@ Speakers come from that column, from `speaker` (one for every clip), from `speak
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import attrs
 

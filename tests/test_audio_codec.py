@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from csm_adapt.audio_codec import AudioCodec
 from csm_adapt.audio_io import load_audio
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.model.audio_codec import AudioCodec
 
 DEMO_WAVS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "demo_data" / "wavs").glob("*.wav"))
 

@@ -163,7 +163,7 @@ def test_save_wav_failure_keeps_old_file_and_no_temp(tmp_path):
     path = tmp_path / "keep.wav"
     save_wav(path, torch.zeros(10))
     before = path.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         save_wav(path, torch.zeros(10), subtype="NOT_A_SUBTYPE")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.wav"]

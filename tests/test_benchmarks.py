@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from csm_adapt.checkpoint import build_model
+from csm_adapt.model.checkpoint import build_model
 from csm_adapt.model.config import MODEL_CONFIGS
 
 _spec = importlib.util.spec_from_file_location(
@@ -26,8 +26,8 @@ ARGS = MODEL_CONFIGS["micro"]
 
 def test_report_has_the_figures(tmp_path):
     out = tmp_path / "out.json"
-    tt.main(["--model", "micro", "--device", "cpu", "--rows", "512", "--rows-per-step", "1024",
-             "--steps", "2", "--warmup", "1", "--repeats", "1", "--peak-flops", "1e12", "--json", str(out)])  # fmt: skip
+    tt.main(["--model", "micro", "--device", "cpu", "--rows", "512", "--rows-per-step", "1024", "--steps", "2",
+             "--warmup", "1", "--repeats", "1", "--peak-flops", "1e12", "--json", str(out)])  # fmt: skip
     report = json.loads(out.read_text())
     assert report["config"]["accum"] == 2 and report["config"]["precision"] == "fp32"
     assert report["machine"]["torch"] == torch.__version__

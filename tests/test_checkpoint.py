@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import csm_adapt.checkpoint as checkpoint
-from csm_adapt.checkpoint import build_model, convert, load_model, save_model
+import csm_adapt.model.checkpoint as checkpoint
 from csm_adapt.commands.convert import convert as convert_command
 from csm_adapt.errors import CheckpointError, ConfigError
+from csm_adapt.model.checkpoint import build_model, convert, load_model, save_model
 from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
 from csm_adapt.model.csm import CSM
-from csm_adapt.transformers_layout import to_transformers
+from csm_adapt.model.transformers_layout import to_transformers
 
 
 def reference_csm_1b_shapes() -> dict[str, tuple[int, ...]]:
@@ -183,7 +183,7 @@ def test_sharded_transformers_checkpoint_loads(micro, tmp_path):
 
 HUB_SCRIPT = """
 import sys, torch
-from csm_adapt.checkpoint import load_model
+from csm_adapt.model.checkpoint import load_model
 from csm_adapt.errors import CheckpointError
 model = load_model("someone/csm-micro")
 torch.save(model.state_dict(), sys.argv[1])

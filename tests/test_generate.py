@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from csm_adapt.audio_io import load_audio
-from csm_adapt.checkpoint import build_model, save_model
 from csm_adapt.cli import cli
-from csm_adapt.synthesizer import Segment, Synthesizer, write_frontend
+from csm_adapt.model.checkpoint import build_model, save_model
+from csm_adapt.model.synthesizer import Segment, Synthesizer, write_frontend
 
 DEMO_WAVS = Path(__file__).parents[1] / "recipes" / "demo_data" / "wavs"
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from csm_adapt.batches import sample_rows
+from csm_adapt.data.batches import sample_rows
+from csm_adapt.data.loader import TrainLoader, ValLoader
+from csm_adapt.data.packing import Packer
+from csm_adapt.data.shard_writer import PreparedSample, write_shard
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.loader import TrainLoader, ValLoader
-from csm_adapt.packing import Packer
-from csm_adapt.shards import PreparedSample, write_shard
 
 K = 32
 PACKER = Packer(max_rows=64, rows_per_batch=160, pad_multiple=8)

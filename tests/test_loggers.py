@@ -12,7 +12,7 @@ from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import AUDIO, SCALARS, TENSORS, EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from csm_adapt.dict_config import from_dict
+from csm_adapt.config.structure import from_dict
 from csm_adapt.errors import ConfigError
 from csm_adapt.plugin_api import NoOptions, RunInfo
 from csm_adapt_plugins.console_logger import ConsoleLogger, ConsoleOptions

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csm_adapt.dict_config import from_dict
+from csm_adapt.config.structure import from_dict
 from csm_adapt.errors import ConfigError
-from csm_adapt.losses import codebook_accuracy, loss_parts
 from csm_adapt.model.csm import TrainOutput
 from csm_adapt.plugin_api import LossParts
+from csm_adapt.training.losses import codebook_accuracy, loss_parts
 from csm_adapt_plugins.loss_strategies import Amortized, AmortizedOptions, Full, FullOptions
 
 VOCAB = 11

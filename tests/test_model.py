@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
+from document_mask import attention_mask  # tests/document_mask.py
 
 from csm_adapt.errors import GenerationError
-from csm_adapt.generation import generate_frames, sample_topk
 from csm_adapt.model.config import FLAVORS, MODEL_CONFIGS
 from csm_adapt.model.csm import CSM
+from csm_adapt.model.generation import generate_frames, sample_topk
 from csm_adapt.model.llama import Segments, _rope_table, apply_rope, rope_frequencies
-from csm_adapt.rows import audio_frame_mask, audio_rows, text_rows, utterance_rows
-from document_mask import attention_mask  # tests/document_mask.py
+from csm_adapt.model.rows import audio_frame_mask, audio_rows, text_rows, utterance_rows
 
 K = 32
 
@@ -174,7 +174,7 @@ def test_sampling_is_seedable_and_topk_restricts():
 
 def test_zero_frame_stops_each_sample(model, monkeypatch):
     # Sample 0 emits the all-zero EOS frame at step 2, sample 1 at step 4: each keeps its own frames.
-    import csm_adapt.generation as gen
+    import csm_adapt.model.generation as gen
 
     steps = iter(range(100))
 

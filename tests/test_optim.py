@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from csm_adapt.checkpoint import build_model
-from csm_adapt.optim import build_optimizer, build_scheduler, lr_multiplier, set_trainable
-from csm_adapt.recipe_schema import TrainConfig
+from csm_adapt.config.schema import TrainConfig
+from csm_adapt.model.checkpoint import build_model
+from csm_adapt.training.optim import build_optimizer, build_scheduler, lr_multiplier, set_trainable
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "exponential"])

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from document_mask import attention_mask  # tests/document_mask.py
 
-from csm_adapt.batches import collate, sample_rows
+from csm_adapt.data.batches import collate, sample_rows
+from csm_adapt.data.packing import Packer
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.model.csm import CSM
-from csm_adapt.packing import Packer
-from csm_adapt.rows import audio_frame_mask
-from document_mask import attention_mask  # tests/document_mask.py
+from csm_adapt.model.rows import audio_frame_mask
 
 K = 32
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from csm_adapt.config.recipe import load_recipe
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Sample, Turn
-from csm_adapt.recipe import load_recipe
 
 EXAMPLE = Path(__file__).parents[1] / "plugins" / "examples" / "csm-adapt-commonvoice"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import click
 import pytest
 
-from csm_adapt import hooks
 from csm_adapt.errors import PluginError
 from csm_adapt.plugin_api import NoOptions
-from csm_adapt.plugin_manager import BLOCK_ENV, load_plugins
-from csm_adapt.registries import collect
+from csm_adapt.plugin_engine import hookspecs as hooks
+from csm_adapt.plugin_engine.manager import BLOCK_ENV, load_plugins
+from csm_adapt.plugin_engine.registries import collect
 
 DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
 

@@ -15,16 +15,16 @@ import webdataset as wds
 from click.testing import CliRunner
 from rich.console import Console
 
-from csm_adapt import prepare as prepare_module
-from csm_adapt.audio_codec import AudioCodec
 from csm_adapt.cli import cli
+from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
+from csm_adapt.data import prepare as prepare_module
+from csm_adapt.data.encode import Frontend
+from csm_adapt.data.prepare import data_hash, prepare, prepared_is_current
+from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.model.audio_codec import AudioCodec
+from csm_adapt.model.text_tokenizer import TextTokenizer
 from csm_adapt.plugin_api import Sample, Turn
-from csm_adapt.prepare import data_hash, prepare, prepared_is_current
-from csm_adapt.recipe_schema import DataConfig, ModelConfig, ReaderRef
-from csm_adapt.shard_encoder import Frontend
-from csm_adapt.splits import split_samples
-from csm_adapt.text_tokenizer import TextTokenizer
 from csm_adapt_plugins.conversation_reader import ConversationOptions, ConversationReader
 from csm_adapt_plugins.json_reader import JsonOptions, JsonReader
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 import pytest
 
-from csm_adapt.dict_config import from_dict
+from csm_adapt.config.structure import from_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.plugin_api import Turn
-from csm_adapt.plugin_manager import load_plugins
-from csm_adapt.registries import collect
+from csm_adapt.plugin_engine.manager import load_plugins
+from csm_adapt.plugin_engine.registries import collect
 from csm_adapt_plugins.conversation_reader import ConversationOptions, ConversationReader
 from csm_adapt_plugins.json_reader import JsonOptions, JsonReader
 from csm_adapt_plugins.ljspeech_reader import LJSpeechOptions, LJSpeechReader

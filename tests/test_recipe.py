@@ -8,15 +8,20 @@ from typing import Literal
 import attrs
 import pytest
 
-from csm_adapt.dict_config import from_dict, to_dict
+from csm_adapt.config.overrides import apply_overrides, parse_value
+from csm_adapt.config.recipe import SAVED_NAME, load_recipe, recipe_to_dict, save_recipe
+from csm_adapt.config.schema import TrainConfig
+from csm_adapt.config.structure import from_dict, to_dict
 from csm_adapt.errors import ConfigError
-from csm_adapt.overrides import apply_overrides, parse_value
-from csm_adapt.recipe import SAVED_NAME, load_recipe, recipe_to_dict, save_recipe
+
+# Every key of [train], in declaration order, as the unknown-key message lists them.
+TRAIN_KEYS = ", ".join(f.name for f in attrs.fields(TrainConfig))
 
 TOY_PLUGIN = """
 from pathlib import Path
 import attrs
 from csm_adapt import hookimpl
+
 
 @attrs.frozen
 class ToyOptions:
@@ -177,7 +182,7 @@ def test_bad_overrides(override, message):
     [
         (
             "train.lrr=1",
-            "train.lrr: unknown key; valid keys: steps, rows_per_step, rows_per_micro_batch, lr, weight_decay, beta1, beta2, warmup_steps, schedule, min_lr_ratio, decay_rate, grad_clip, precision, trainable, freeze_text_embeddings, activation_checkpointing, compile, parallel, device, num_workers, shuffle_buffer, pack_buffer, pad_multiple, seed, log_every, val_every, checkpoint_every, keep_last",
+            f"train.lrr: unknown key; valid keys: {TRAIN_KEYS}",
         ),
         ("train.lr=abc", 'train.lr: expected float, got str "abc"'),
         ("train.steps=1.5", "train.steps: expected int, got float 1.5"),

@@ -14,16 +14,16 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from csm_adapt import toml_io
 from csm_adapt.cli import cli
+from csm_adapt.config import toml_io
+from csm_adapt.config.recipe import load_recipe
+from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import ConfigError
-from csm_adapt.prepare import prepare
-from csm_adapt.recipe import load_recipe
-from csm_adapt.sweep.runner import run_sweep, study_name, sweep_dir
+from csm_adapt.sweep.launcher import plan_slots
 from csm_adapt.sweep.report import BEST, PLOTS, TENSORBOARD, TRIALS_CSV
+from csm_adapt.sweep.runner import run_sweep, study_name, sweep_dir
 from csm_adapt.sweep.space import check_space, suggest
 from csm_adapt.sweep.study import INTERRUPTED, open_storage, open_study
-from csm_adapt.sweep.workers import plan_slots
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "demo.toml"
@@ -225,7 +225,10 @@ def postgres_url():
     if as_user:
         shutil.chown(root, "postgres")
     data, port = root / "data", 54329
-    run = lambda *cmd: subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True)
+
+    def run(*cmd):
+        return subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True)
+
     run(bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "sweep")
     run(
         bin_dir / "pg_ctl",

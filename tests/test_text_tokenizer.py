@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.text_tokenizer import TextTokenizer, normalize_text
+from csm_adapt.model.text_tokenizer import TextTokenizer, normalize_text
 
 OFFLINE_JSON = Path(__file__).resolve().parents[1] / "csm_adapt" / "assets" / "offline-tokenizer.json"
 
@@ -107,7 +107,7 @@ def test_hub_id_offline_without_cache_explains_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     # huggingface_hub reads these at import; a fresh interpreter sees them.
-    code = "from csm_adapt.text_tokenizer import TextTokenizer\nTextTokenizer.load('unsloth/Llama-3.2-1B')\n"
+    code = "from csm_adapt.model.text_tokenizer import TextTokenizer\nTextTokenizer.load('unsloth/Llama-3.2-1B')\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "CsmAdaptError" in proc.stderr

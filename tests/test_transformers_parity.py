@@ -6,12 +6,12 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from csm_adapt.checkpoint import build_model, load_model, save_model  # noqa: E402
-from csm_adapt.generation import generate_frames  # noqa: E402
+from csm_adapt.model.checkpoint import build_model, load_model, save_model  # noqa: E402
 from csm_adapt.model.config import MODEL_CONFIGS  # noqa: E402
-from csm_adapt.rows import audio_frame_mask, audio_rows, text_rows  # noqa: E402
 from csm_adapt.model.csm import CSM  # noqa: E402
-from csm_adapt.transformers_layout import hf_name, to_transformers  # noqa: E402
+from csm_adapt.model.generation import generate_frames  # noqa: E402
+from csm_adapt.model.rows import audio_frame_mask, audio_rows, text_rows  # noqa: E402
+from csm_adapt.model.transformers_layout import hf_name, to_transformers  # noqa: E402
 
 K = 32  # transformers' CSM, like Mimi, has 32 codebooks
 # transformers builds an (untrained) Mimi inside the model; one layer keeps that fast.

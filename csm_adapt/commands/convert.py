@@ -38,7 +38,7 @@ def convert(source: str, out_dir: Path, layout: str, dtype: str) -> None:
     """
     import torch
 
-    from csm_adapt.checkpoint import convert as convert_checkpoint
+    from csm_adapt.model.checkpoint import convert as convert_checkpoint
 
     with Console().status(f"converting {source}"):
         out = convert_checkpoint(source, out_dir, to=layout, dtype=getattr(torch, dtype))

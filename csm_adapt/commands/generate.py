@@ -57,8 +57,8 @@ def generate(
     import numpy as np
 
     from csm_adapt.audio_io import save_wav
-    from csm_adapt.distributed import pick_device
-    from csm_adapt.synthesizer import Segment, Synthesizer
+    from csm_adapt.model.synthesizer import Segment, Synthesizer
+    from csm_adapt.training.distributed import pick_device
 
     device = pick_device(device, 0)
     console = Console()

@@ -7,9 +7,9 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from csm_adapt.plugin_manager import load_plugins
-from csm_adapt.recipe import load_raw
-from csm_adapt.registries import collect
+from csm_adapt.config.recipe import load_raw
+from csm_adapt.plugin_engine.manager import load_plugins
+from csm_adapt.plugin_engine.registries import collect
 
 KINDS = ("readers", "losses", "loggers", "commands")
 

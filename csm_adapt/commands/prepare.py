@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from csm_adapt.prepare import prepare as prepare_data
-from csm_adapt.recipe import load_recipe
+from csm_adapt.config.recipe import load_recipe
+from csm_adapt.data.prepare import prepare as prepare_data
 
 
 @click.command()

@@ -20,10 +20,10 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
     """
     import os
 
-    from csm_adapt.distributed import barrier, init_distributed, pick_device, shutdown
-    from csm_adapt.prepare import prepare
-    from csm_adapt.recipe import load_recipe, print_recipe, save_recipe
-    from csm_adapt.train import train
+    from csm_adapt.config.recipe import load_recipe, print_recipe, save_recipe
+    from csm_adapt.data.prepare import prepare
+    from csm_adapt.training.distributed import barrier, init_distributed, pick_device, shutdown
+    from csm_adapt.training.loop import train
 
     resolved = load_recipe(recipe, overrides)
     console = Console()

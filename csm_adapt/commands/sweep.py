@@ -23,7 +23,8 @@ import click
 )
 @click.option(
     "--storage",
-    help="An RDB URL (postgresql://user:pass@host/db) shared by several machines [default: a journal file in the sweep directory].",
+    help="An RDB URL (postgresql://user:pass@host/db) shared by several machines "
+    "[default: a journal file in the sweep directory].",
 )
 def sweep(
     recipe: Path,

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from csm_adapt.recipe import load_recipe, print_recipe
+from csm_adapt.config.recipe import load_recipe, print_recipe
 
 
 @click.command()

@@ -64,7 +64,7 @@ class ModelArgs:
         return attrs.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "ModelArgs":
+    def from_dict(cls, data: dict, source: str = "config") -> ModelArgs:
         fields = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelArgs
-from .llama import Segments, Transformer
+from csm_adapt.model.config import ModelArgs
+from csm_adapt.model.llama import Segments, Transformer
 
 
 @attrs.frozen

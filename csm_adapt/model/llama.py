@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TransformerFlavor
+from csm_adapt.model.config import TransformerFlavor
 
 
 class RMSNorm(nn.Module):

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from csm_adapt.recipe import load_recipe, recipe_to_toml
-from csm_adapt.recipe_schema import Recipe
+from csm_adapt.config.recipe import load_recipe, recipe_to_toml
+from csm_adapt.config.schema import Recipe
 from csm_adapt.sweep.space import as_overrides, literal, with_fixed
 from csm_adapt.sweep.study import FAIL_REASON, INTERRUPTED
 
@@ -42,7 +42,8 @@ def write_best(
     run_dir = f"output.run_dir={literal(str(best_run_dir(recipe)))}"
     best = load_recipe(recipe_path, [*overrides, *as_overrides(values), run_dir])
     path = sweep_dir / BEST
-    header = f"# csm-adapt sweep: trial {study.best_trial.number} of {sweep_dir}, {recipe.sweep.objective} = {study.best_value:.5g}\n"
+    trial, objective = study.best_trial.number, recipe.sweep.objective
+    header = f"# csm-adapt sweep: trial {trial} of {sweep_dir}, {objective} = {study.best_value:.5g}\n"
     path.write_text(header + recipe_to_toml(attrs.evolve(best, sweep=None)))
     return path
 

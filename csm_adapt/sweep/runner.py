@@ -10,15 +10,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from csm_adapt.config.recipe import load_recipe
+from csm_adapt.config.schema import Recipe
+from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import ConfigError, CsmAdaptError
-from csm_adapt.prepare import prepare
-from csm_adapt.recipe import load_recipe
-from csm_adapt.recipe_schema import Recipe
+from csm_adapt.sweep.launcher import launch, plan_slots, visible_gpus, wait
 from csm_adapt.sweep.report import report
 from csm_adapt.sweep.space import check_space
 from csm_adapt.sweep.study import open_storage, open_study, retry_interrupted
 from csm_adapt.sweep.worker import Job
-from csm_adapt.sweep.workers import launch, plan_slots, visible_gpus, wait
 
 
 def sweep_dir(recipe: Recipe) -> Path:
@@ -50,7 +50,8 @@ def run_sweep(
         retried = retry_interrupted(study)
         if retried:
             console.print(
-                f"[yellow]trials {', '.join(map(str, retried))} were interrupted: marked failed, their parameters queued again"
+                f"[yellow]trials {', '.join(map(str, retried))} were interrupted: "
+                "marked failed, their parameters queued again"
             )
     total = trials or recipe.sweep.trials
     console.print(

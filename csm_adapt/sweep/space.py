@@ -12,14 +12,18 @@ from typing import Any
 
 import optuna
 
-from csm_adapt import toml_io
+from csm_adapt.config import toml_io
+from csm_adapt.config.recipe import load_recipe
 from csm_adapt.errors import ConfigError
-from csm_adapt.recipe import load_recipe
 from csm_adapt.sweep.config import Param, SweepConfig
 
 # Every trial reads the same prepared shards and writes its own run directory; the sweep owns these.
-NOT_SWEPT = {"data": "the shards are prepared once and shared by all trials", "output": "each trial gets its own run directory",
-             "sweep": "the sweep cannot tune itself", "train.steps": "set the budget per trial with sweep.steps"}  # fmt: skip
+NOT_SWEPT = {
+    "data": "the shards are prepared once and shared by all trials",
+    "output": "each trial gets its own run directory",
+    "sweep": "the sweep cannot tune itself",
+    "train.steps": "set the budget per trial with sweep.steps",
+}
 
 
 def literal(value: Any) -> str:

@@ -44,8 +44,10 @@ def open_storage(url: str | None, sweep_dir: Path) -> optuna.storages.BaseStorag
         with warnings.catch_warnings():
             # Heartbeats are marked experimental, yet they are Optuna's one way to find dead trials in an RDB.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None))  # fmt: skip
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=None)
+            return RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry
+            )
     except (ImportError, ModuleNotFoundError) as e:
         raise ConfigError(
             f"--storage {url}: the database driver is missing ({e}); for PostgreSQL: pip install 'psycopg[binary]'"

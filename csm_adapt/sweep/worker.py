@@ -16,12 +16,12 @@ import attrs
 import optuna
 import torch
 
+from csm_adapt.config.recipe import load_recipe, save_recipe
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.recipe import load_recipe, save_recipe
 from csm_adapt.sweep.config import SweepConfig
 from csm_adapt.sweep.space import as_overrides, literal, suggest
 from csm_adapt.sweep.study import FAIL_REASON, open_storage, open_study, trials_left
-from csm_adapt.train import train
+from csm_adapt.training.loop import train
 
 # What a failed trial may raise without stopping the sweep: the engine's own errors (NaN loss,
 # OOM in the training step, bad values) and an OOM anywhere else.

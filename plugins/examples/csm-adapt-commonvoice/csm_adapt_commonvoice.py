@@ -12,8 +12,8 @@ columns `client_id`, `path`, `sentence`, ...) and the audio in `clips/`. Use it 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import attrs
 

@@ -13,8 +13,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import Dist
-from .model.csm import CSM
+from csm_adapt.model.csm import CSM
+from csm_adapt.training.distributed import Dist
 
 # Whole (unsharded) tensors on the CPU: the same checkpoint whatever the parallelism that wrote it.
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -26,6 +26,8 @@ NUM_CODEBOOKS = 32
 # The offline fit: fixed seeds and inputs, so every machine with the same torch/moshi gets the
 # same codec. Every third demo clip (14 clips, all four voices) gives ~360 latent frames.
 _SEED = 1234
+# The demo clips ship inside the package (csm_adapt/recipes is the recipes/ folder), so the offline
+# codec works from a wheel install as well as from a source checkout.
 _DEMO_WAVS = Path(__file__).resolve().parents[1] / "recipes" / "demo_data" / "wavs"
 _FIT_EVERY = 3
 # Codebook entries are residual frames plus noise of the frames' own std: a frame's nearest entry
@@ -138,7 +140,7 @@ def _offline_mimi() -> torch.nn.Module:
     if not paths:
         raise CsmAdaptError(
             f"{_DEMO_WAVS}: no demo clips to fit the offline codec to "
-            "(needs a source checkout; run recipes/demo_data/regenerate.py)"
+            "(regenerate them with recipes/demo_data/regenerate.py, or reinstall csm-adapt)"
         )
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
         torch.manual_seed(_SEED)

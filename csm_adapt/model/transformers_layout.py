@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from .errors import CheckpointError
-from .model.config import FLAVORS, ModelArgs, TransformerFlavor
+from csm_adapt.errors import CheckpointError
+from csm_adapt.model.config import FLAVORS, ModelArgs, TransformerFlavor
 
 # Per-layer names; the layer prefixes differ between backbone and decoder (see _LAYER_PREFIXES).
 _LAYER_NAMES = {

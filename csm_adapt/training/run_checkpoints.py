@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_model
-from .model.csm import CSM
-from .synthesizer import write_frontend
+from csm_adapt.model.checkpoint import save_model
+from csm_adapt.model.csm import CSM
+from csm_adapt.model.synthesizer import write_frontend
 
 TRAINER_STATE = "trainer.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")

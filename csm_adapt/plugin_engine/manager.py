@@ -12,15 +12,15 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable
 
 import attrs
 import pluggy
 
-from csm_adapt import hooks
 from csm_adapt.errors import PluginError
+from csm_adapt.plugin_engine import hookspecs as hooks
 
 BLOCK_ENV = "CSM_ADAPT_BLOCK_PLUGINS"
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 import attrs
 

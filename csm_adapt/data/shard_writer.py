@@ -12,8 +12,8 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import attrs
 import numpy as np

@@ -24,9 +24,9 @@ import io
 import itertools
 import json
 import random
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import attrs
 import numpy as np
@@ -34,9 +34,9 @@ import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .batches import Batch, SampleRows, collate, sample_rows
-from .errors import CsmAdaptError
-from .packing import Packer
+from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
+from csm_adapt.data.packing import Packer
+from csm_adapt.errors import CsmAdaptError
 
 INDEX_VERSION = 1
 MEMBERS = ("codes.npy", "text.npy", "json")

@@ -6,7 +6,7 @@ utterance's audio ends with an all-zero EOS frame. Generation and training build
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

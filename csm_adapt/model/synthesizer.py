@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import attrs
 import torch
 
-from .audio_codec import AudioCodec
-from .audio_io import load_audio
-from .checkpoint import load_model
-from .errors import ConfigError
-from .generation import FRAME_MS, generate_frames
-from .model.csm import CSM
-from .rows import text_rows, utterance_rows
-from .text_tokenizer import TextTokenizer
+from csm_adapt.audio_io import load_audio
+from csm_adapt.errors import ConfigError
+from csm_adapt.model.audio_codec import AudioCodec
+from csm_adapt.model.checkpoint import load_model
+from csm_adapt.model.csm import CSM
+from csm_adapt.model.generation import FRAME_MS, generate_frames
+from csm_adapt.model.rows import text_rows, utterance_rows
+from csm_adapt.model.text_tokenizer import TextTokenizer
 
 DEFAULT_TEXT_TOKENIZER = "unsloth/Llama-3.2-1B"
 DEFAULT_AUDIO_CODEC = "kyutai/moshiko-pytorch-bf16"

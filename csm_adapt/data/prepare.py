@@ -25,13 +25,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from csm_adapt.dict_config import to_dict
+from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
+from csm_adapt.config.structure import to_dict
+from csm_adapt.data.encode import Frontend, Reject, encode_shard
+from csm_adapt.data.shard_writer import sample_key, write_shard
+from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Sample
-from csm_adapt.recipe_schema import DataConfig, ModelConfig, ReaderRef
-from csm_adapt.shard_encoder import Frontend, Reject, encode_shard
-from csm_adapt.shards import sample_key, write_shard
-from csm_adapt.splits import split_samples
 
 INDEX_VERSION = 1
 INDEX = "index.json"
@@ -200,8 +200,8 @@ def _load_frontend(model: ModelConfig, device: str | None) -> Frontend:
     # Imported here: torch and moshi take seconds to import, and a current dataset needs neither.
     import torch
 
-    from csm_adapt.audio_codec import AudioCodec
-    from csm_adapt.text_tokenizer import TextTokenizer
+    from csm_adapt.model.audio_codec import AudioCodec
+    from csm_adapt.model.text_tokenizer import TextTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return Frontend(TextTokenizer.load(model.text_tokenizer), AudioCodec.load(model.audio_codec, device))

@@ -6,21 +6,22 @@ The saved recipe is the resolved one (overrides applied, defaults filled in, pat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.syntax import Syntax
 
-from csm_adapt import toml_io
-from csm_adapt.dict_config import describe, from_dict, join, to_dict
+from csm_adapt.config import toml_io
+from csm_adapt.config.overrides import apply_overrides
+from csm_adapt.config.schema import LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
+from csm_adapt.config.structure import describe, from_dict, join, to_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
-from csm_adapt.overrides import apply_overrides
-from csm_adapt.plugin_manager import load_plugins, resolve_local
-from csm_adapt.recipe_schema import LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
-from csm_adapt.registries import Registries, Registry, collect
+from csm_adapt.plugin_engine.manager import load_plugins, resolve_local
+from csm_adapt.plugin_engine.registries import Registries, Registry, collect
 
 SAVED_NAME = "recipe.toml"
 

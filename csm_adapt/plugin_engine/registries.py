@@ -6,7 +6,8 @@ than letting load order silently decide which one a recipe gets.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import click

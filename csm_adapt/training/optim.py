@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .model.csm import CSM
-from .recipe_schema import TrainConfig
+from csm_adapt.config.schema import TrainConfig
+from csm_adapt.model.csm import CSM
 
 # Which top-level parts of the model each `train.trainable` choice updates.
 _PARTS = {

@@ -8,13 +8,13 @@ nothing else attends to.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
 import torch
 
-from .rows import audio_rows, text_rows
+from csm_adapt.model.rows import audio_rows, text_rows
 
 
 @attrs.frozen

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
 
-from .batches import Batch
-from .distributed import Dist, all_reduce_sum
-from .losses import codebook_accuracy, loss_parts
-from .plugin_api import LossParts, LossStrategy
+from csm_adapt.data.batches import Batch
+from csm_adapt.plugin_api import LossParts, LossStrategy
+from csm_adapt.training.distributed import Dist, all_reduce_sum
+from csm_adapt.training.losses import codebook_accuracy, loss_parts
 
 
 @attrs.define
@@ -28,13 +28,16 @@ class Totals:
     c0_frames: torch.Tensor
     decoder_frames: torch.Tensor
     correct: torch.Tensor  # [K] top-1 hits per codebook
+    loss: torch.Tensor  # sum of the optimizer steps' losses (this rank's share of each)
     rows: int = 0
     steps: int = 0
 
     @classmethod
     def zeros(cls, k: int, device) -> Totals:
-        z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-        return cls(z(()), z(()), z(()), z(()), z(k))
+        def z(*shape):
+            return torch.zeros(*shape, device=device)
+
+        return cls(z(()), z(()), z(()), z(()), z(k), z(()))
 
     def add(self, out, parts: LossParts) -> None:
         self.c0_ce += parts.c0.detach() * parts.c0_frames
@@ -45,17 +48,23 @@ class Totals:
         self.correct[0] += acc[0] * parts.c0_frames
         self.correct[1:] += acc[1:] * parts.decoder_frames
 
-    def metrics(self, prefix: str, d: Dist) -> dict[str, float]:
-        packed = torch.cat(
-            [torch.stack([self.c0_ce, self.decoder_ce, self.c0_frames, self.decoder_frames]), self.correct]
-        )
-        c0_ce, dec_ce, c0_n, dec_n, *correct = all_reduce_sum(packed.float(), d).tolist()
-        c0, dec = c0_ce / max(c0_n, 1), dec_ce / max(dec_n, 1)
-        out = {f"{prefix}/loss_c0": c0, f"{prefix}/loss_decoder": dec}
+    def reduce(self, prefix: str, d: Dist) -> tuple[dict[str, float], float, float]:
+        """The interval's metrics, and its frame and row counts over all ranks (one all-reduce).
+
+        `{prefix}/loss` is the mean loss of the interval's optimizer steps, as the strategy weighed
+        them; it is absent when no step was taken (validation).
+        """
+        sums = torch.stack([self.c0_ce, self.decoder_ce, self.c0_frames, self.decoder_frames, self.loss])
+        rows = torch.tensor([float(self.rows)], device=sums.device)
+        packed = torch.cat([sums, rows, self.correct]).float()
+        c0_ce, dec_ce, c0_n, dec_n, loss, rows, *correct = all_reduce_sum(packed, d).tolist()
+        out = {f"{prefix}/loss_c0": c0_ce / max(c0_n, 1), f"{prefix}/loss_decoder": dec_ce / max(dec_n, 1)}
+        if self.steps:
+            out[f"{prefix}/loss"] = loss / self.steps
         out.update(
             {f"{prefix}/acc/c{i:02d}": hits / max(c0_n if i == 0 else dec_n, 1) for i, hits in enumerate(correct)}
         )
-        return out
+        return out, c0_n, rows
 
 
 def autocast(device: torch.device, precision: str):
@@ -119,6 +128,8 @@ def backward_step(
         total += loss.detach() / d.world_size
         totals.add(out, parts)
         totals.rows += batch.num_rows
+    totals.loss += total
+    totals.steps += 1
     return total
 
 

@@ -6,11 +6,11 @@ tensors. Everything here is deterministic: ties break by input order.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 
-from .batches import padded_length
+from csm_adapt.data.batches import padded_length
 
 
 def _positive(instance, attribute, value) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import GenerationError
-from .model.csm import CSM
+from csm_adapt.errors import GenerationError
+from csm_adapt.model.csm import CSM
 
 FRAME_MS = 80  # Mimi: 12.5 frames per second
 

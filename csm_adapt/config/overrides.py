@@ -10,9 +10,10 @@ as the same mistake written in the file.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from csm_adapt import toml_io
+from csm_adapt.config import toml_io
 from csm_adapt.errors import ConfigError
 
 

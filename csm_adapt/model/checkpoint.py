@@ -22,10 +22,10 @@ import attrs
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError, ConfigError
-from .model.config import MODEL_CONFIGS, ModelArgs
-from .model.csm import CSM
-from .transformers_layout import from_transformers, to_transformers
+from csm_adapt.errors import CheckpointError, ConfigError
+from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
+from csm_adapt.model.csm import CSM
+from csm_adapt.model.transformers_layout import from_transformers, to_transformers
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
-from .audio_codec import AudioCodec
-from .audio_io import SAMPLE_RATE, load_audio, save_wav
-from .model.csm import CSM
-from .recipe_schema import Recipe
-from .synthesizer import Segment, Synthesizer
-from .text_tokenizer import TextTokenizer
+from csm_adapt.audio_io import SAMPLE_RATE, load_audio, save_wav
+from csm_adapt.config.schema import Recipe
+from csm_adapt.model.audio_codec import AudioCodec
+from csm_adapt.model.csm import CSM
+from csm_adapt.model.synthesizer import Segment, Synthesizer
+from csm_adapt.model.text_tokenizer import TextTokenizer
+from csm_adapt.plugin_api import Logger
 
 
 class SampleWriter:
@@ -28,7 +29,7 @@ class SampleWriter:
             AudioCodec.load(recipe.model.audio_codec, device=device),
         )
 
-    def write(self, step: int, loggers) -> list[Path]:
+    def write(self, step: int, loggers: Logger) -> list[Path]:
         model = self.synthesizer.model
         was_training = model.training
         model.eval()
@@ -54,9 +55,8 @@ class SampleWriter:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_wav(path, result.audio)
                 paths.append(path)
-                for logger in loggers:
-                    logger.log_audio(step, f"samples/{i}", result.audio, SAMPLE_RATE)
-                    logger.log_text(step, f"samples/{i}", f"[{prompt.speaker}] {prompt.text} -> {path}")
+                loggers.log_audio(step, f"samples/{i}", result.audio, SAMPLE_RATE)
+                loggers.log_text(step, f"samples/{i}", f"[{prompt.speaker}] {prompt.text} -> {path}")
         finally:
             model.train(was_training)
         return paths

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
 import torch
 
-from csm_adapt.audio_codec import AudioCodec
 from csm_adapt.audio_io import is_silent, load_audio
+from csm_adapt.data.shard_writer import PreparedSample
 from csm_adapt.errors import AudioError
+from csm_adapt.model.audio_codec import AudioCodec
+from csm_adapt.model.text_tokenizer import TextTokenizer, normalize_text
 from csm_adapt.plugin_api import Sample, Turn
-from csm_adapt.shards import PreparedSample
-from csm_adapt.text_tokenizer import TextTokenizer, normalize_text
 
 # Clips decoded ahead of encoding, as a multiple of one batch: more sorts better, costs memory.
 _WINDOW_BATCHES = 4
