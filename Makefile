@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Only the tests need it: PostgreSQL serves the sweep's database-storage test, which skips without it.
 TEST_SYSTEM_PACKAGES := postgresql
 
-.PHONY: setup test-system-packages demo test
+.PHONY: setup test-system-packages demo test lint
 setup: $(VENV)/.installed
 
 # Re-installs only when pyproject.toml changes.
@@ -28,3 +28,8 @@ demo: setup
 
 test: setup test-system-packages
 	$(BIN)/python -m pytest -q
+
+# ruff's rules and version live in pyproject.toml (the `lint` extra); CI runs this before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -11,6 +11,12 @@ setup(
     package_dir={"csm_adapt_plugins": "plugins"},
     package_data={
         "csm_adapt": ["assets/*.json"],
-        "csm_adapt.recipes": ["*.toml", "demo_data/*.csv", "demo_data/*.json", "demo_data/*.py", "demo_data/wavs/*.wav"],
+        "csm_adapt.recipes": [
+            "*.toml",
+            "demo_data/*.csv",
+            "demo_data/*.json",
+            "demo_data/*.py",
+            "demo_data/wavs/*.wav",
+        ],
     },
 )
