@@ -10,7 +10,7 @@ same samples per optimizer step and the same decoder frames, so the ratio measur
   document-causal attention, the embedding_bag row embedding, bf16 autocast (CUDA), fused AdamW,
   the `amortized` strategy (decoder on 1/16 of the frames), optional torch.compile and activation
   checkpointing: the same calls as csm_adapt/training/loop.py's inner loop.
-- baseline (the community code, reference §5/§6): one sample per sequence, micro-batches of
+- baseline (the community finetuning step as published, re-implemented): one sample per sequence, micro-batches of
   `--baseline-batch` samples bucketed by frame count and padded to the longest, a dense [B, S, S]
   boolean mask, all 33 embedding columns materialised then masked and summed, fp32, unfused AdamW.
 

@@ -159,7 +159,7 @@ def test_csm_1b_config_matches_transformers_defaults():
         "vocab_size",
     ]:
         assert config["depth_decoder_config"][key] == getattr(theirs.depth_decoder_config, key), key
-    # The published csm-1b numbers (reference §1), the same curve as the original 32/1/4/8192.
+    # The published csm-1b transformers config numbers: the same curve as the original 32/1/4/8192.
     assert config["rope_scaling"] == {
         "rope_type": "llama3",
         "factor": 32.0,

@@ -1,6 +1,6 @@
 """Load, save and convert CSM checkpoints: hub ids or local paths, original or transformers layout.
 
-Layouts read (detected from the files, see `../shared/csm-reference.md` §1):
+Layouts read (detected from the files; docs/architecture.md, "Checkpoint layouts"):
 - original: `config.json` holding exactly the `ModelArgs` fields + `model.safetensors`, or `ckpt.pt`
   (a plain state dict; the first release had no config.json beside it, which means csm-1b);
 - transformers: `config.json` with `model_type: "csm"` + `model.safetensors`, or shards listed in

@@ -1,7 +1,7 @@
 """CSM: a Llama backbone over interleaved text/audio rows plus a depth decoder for codebooks 1..K-1.
 
-Parameter names are those of the original checkpoint (187 tensors for csm-1b). See
-`../shared/csm-reference.md` §1-§4 for the layout and the objective implemented here.
+Parameter names are those of the original checkpoint (187 tensors for csm-1b). docs/architecture.md
+describes the row layout and the objective implemented here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Frame-by-frame generation (reference §4), batched over several prompts.
+"""Frame-by-frame generation (docs/architecture.md, "Generation"), batched over several prompts.
 
 Prompts of different lengths are left-padded: pad slots are masked out of attention and every
 sample keeps its own positions, so a batched prompt gives the same frames as the prompt alone.

@@ -1,0 +1,6 @@
+"""The plugin engine: hook specifications (`hookspecs`), finding and loading plugins from entry
+points and recipe files (`manager`), and what they registered, by kind and name (`registries`).
+
+It knows plugins only through hooks and entry points: it imports no built-in plugin by name, and
+nothing of csm-adapt but `errors` and `plugin_api` (tests/test_architecture.py enforces it).
+"""
