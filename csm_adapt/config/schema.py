@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from csm_adapt.config.sweep import SweepConfig
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import Turn
-from csm_adapt.config.sweep import SweepConfig
 
 # `owner/name` on the Hugging Face hub.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

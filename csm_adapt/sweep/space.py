@@ -14,8 +14,8 @@ import optuna
 
 from csm_adapt.config import toml_io
 from csm_adapt.config.recipe import load_recipe
-from csm_adapt.errors import ConfigError
 from csm_adapt.config.sweep import Param, SweepConfig
+from csm_adapt.errors import ConfigError
 
 # Every trial reads the same prepared shards and writes its own run directory; the sweep owns these.
 NOT_SWEPT = {

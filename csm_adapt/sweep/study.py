@@ -20,8 +20,8 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from csm_adapt.errors import ConfigError
 from csm_adapt.config.sweep import SweepConfig
+from csm_adapt.errors import ConfigError
 
 JOURNAL = "journal.log"
 FAIL_REASON = "fail_reason"  # user attr of a trial that failed by itself (OOM, NaN): counts as run

@@ -17,8 +17,8 @@ import optuna
 import torch
 
 from csm_adapt.config.recipe import load_recipe, save_recipe
-from csm_adapt.errors import CsmAdaptError
 from csm_adapt.config.sweep import SweepConfig
+from csm_adapt.errors import CsmAdaptError
 from csm_adapt.sweep.space import as_overrides, literal, suggest
 from csm_adapt.sweep.study import FAIL_REASON, open_storage, open_study, trials_left
 from csm_adapt.training.loop import train
