@@ -147,7 +147,8 @@ def test_prepare_keeps_good_clips_rejects_bad_ones_and_the_numbers_match(clips, 
     assert summary["rows"] == sum(s["json"]["rows"] for s in samples)
     assert summary["frames"] == sum(s["codes.npy"].shape[1] for s in samples)
     assert summary["hours"] == pytest.approx((0.3 + 0.25 + 0.2 + 0.3) / 3600, abs=1e-4)
-    assert summary["clips"] == 4 and summary["clips_per_s"] > 0
+    assert summary["clips"] == 4 and index["timings"]["clips_per_s"] > 0
+    assert "timings" not in json.loads((out / "index.json").read_text())  # returned, never stored
     assert index["text_tokenizer"] == frontend.tokenizer.identity
     assert index["audio_codec"] == frontend.codec.identity
     assert index["data_hash"] == data_hash(data, MODEL)
@@ -195,9 +196,8 @@ def test_conversations_split_at_turn_boundaries(tmp_path, frontend):
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))} | {
-        "rejects": (out / "rejects.jsonl").read_bytes()
-    }
+    """Every file prepare left in `out` (shards, index.json, rejects.jsonl: nothing else)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, tmp_path, frontend, monkeypatch):
@@ -211,8 +211,9 @@ def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, t
     def write_then_die(path, samples):
         if len(written) == 2:
             raise KeyboardInterrupt  # killed while encoding the third shard
-        real_write(path, samples)
+        result = real_write(path, samples)
         written.append(path.name)
+        return result
 
     monkeypatch.setattr(prepare_module, "write_shard", write_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -223,14 +224,15 @@ def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, t
     written.clear()
 
     def write_and_note(path, samples):
-        real_write(path, samples)
+        result = real_write(path, samples)
         written.append(path.name)
+        return result
 
     monkeypatch.setattr(prepare_module, "write_shard", write_and_note)
     index = prepare(resumed, MODEL, console=QUIET, frontend=frontend)
     assert written == ["train-000002.tar", "val-000000.tar"]  # the first two were kept
     assert shard_bytes(resumed.out) == shard_bytes(whole.out)
-    assert len(shard_bytes(whole.out)) == 5  # 9 train + 3 val samples, 3 a shard, + rejects
+    assert len(shard_bytes(whole.out)) == 6  # 9 train + 3 val samples, 3 a shard, + rejects and index
     whole_index = json.loads((whole.out / "index.json").read_text())
     assert index["splits"] == whole_index["splits"] and index["summary"]["kept"] == whole_index["summary"]["kept"]
 

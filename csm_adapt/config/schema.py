@@ -94,6 +94,8 @@ class DataConfig:
     shard_samples: int = attrs.field(default=1000, validator=_positive)  # reader samples per shard
     # Mimi encodes several clips per call: at most this much audio, counting padding to the longest.
     encode_batch_seconds: float = attrs.field(default=120.0, validator=_positive)
+    # A shard that does not match index.json: "stop" the run (naming it), or "skip" it (counted, logged).
+    on_corrupt: Literal["stop", "skip"] = "stop"
 
 
 def _in(*choices: str):

@@ -16,7 +16,7 @@ import torch
 
 from csm_adapt.config.recipe import recipe_to_dict, recipe_to_toml
 from csm_adapt.config.schema import Recipe
-from csm_adapt.data.loader import TrainLoader, ValLoader
+from csm_adapt.data.loader import SampleLimits, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.model.checkpoint import build_model, load_model
@@ -104,11 +104,12 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     packer = Packer(
         max_rows=recipe.data.max_rows, rows_per_batch=cfg.rows_per_micro_batch, pad_multiple=cfg.pad_multiple
     )
+    checks = {"limits": SampleLimits(text_vocab_size=model.args.text_vocab_size), "on_corrupt": recipe.data.on_corrupt}
     train_loader = TrainLoader(
         recipe.data.out, packer, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, pack_buffer=cfg.pack_buffer,
-        num_workers=cfg.num_workers, rank=d.rank, world_size=d.world_size, pin_memory=device.type == "cuda",
+        num_workers=cfg.num_workers, rank=d.rank, world_size=d.world_size, pin_memory=device.type == "cuda", **checks,
     )  # fmt: skip
-    val_loader = ValLoader(recipe.data.out, packer, pack_buffer=cfg.pack_buffer)
+    val_loader = ValLoader(recipe.data.out, packer, pack_buffer=cfg.pack_buffer, **checks)
     accum = max(1, cfg.rows_per_step // (cfg.rows_per_micro_batch * d.world_size))
 
     strategy = recipe.loss.create()
