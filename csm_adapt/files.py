@@ -72,13 +72,18 @@ class DirLock:
 
     The lock lives in `<directory>/.lock`, which records the holder's PID for the refusal message.
     The kernel drops the lock when the process dies, so a crash never leaves a stale lock behind.
+    Re-entrant within a process: a nested DirLock on a directory this process holds is a no-op.
     """
 
+    _held: dict[Path, int] = {}  # this process's locks: directory -> lock file descriptor
+
     def __init__(self, directory: Path, what: str):
-        self.directory, self.what = Path(directory), what
+        self.directory, self.what = Path(directory).absolute(), what
         self._fd: int | None = None
 
     def acquire(self) -> DirLock:
+        if self.directory in DirLock._held:
+            return self
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / LOCK_FILE
         while True:
@@ -102,7 +107,7 @@ class DirLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._fd = DirLock._held[self.directory] = fd
         return self
 
     def release(self) -> None:
@@ -110,6 +115,7 @@ class DirLock:
             return
         # Unlink while still holding it, so that the folder is left as it was found.
         (self.directory / LOCK_FILE).unlink(missing_ok=True)
+        del DirLock._held[self.directory]
         os.close(self._fd)
         self._fd = None
 

@@ -323,3 +323,22 @@ def test_prepare_command(clips, tmp_path, frontend, monkeypatch):
     changed = runner.invoke(cli, ["prepare", str(recipe), "data.seed=3"])
     assert changed.exit_code == 2
     assert "changed: seed" in changed.output and "--rebuild" in changed.output
+
+
+def test_malformed_metadata_lines_are_rejected_unless_most_are(tmp_path, frontend):
+    root = tmp_path / "set"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        tone(root / f"{name}.wav", 0.2)
+    good = [json.dumps({"text": f"Clip {n}.", "path": f"{n}.wav"}) for n in ("a", "b", "c")]
+    meta = root / "meta.jsonl"
+    meta.write_text("\n".join([good[0], '{"text": "cut short", "path": ', *good[1:]]) + "\n", "utf-8")
+    index = prepare(json_data(meta, tmp_path / "out"), MODEL, console=QUIET, frontend=frontend)
+    assert index["summary"]["kept"]["train"] == 3 and index["summary"]["rejected_by_reason"] == {"malformed": 1}
+    (reject,) = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["source"] == f"{meta}:2" and reject["detail"].startswith(f"{meta}:2: invalid JSON")
+
+    meta.write_text("\n".join([good[0], "a|b|c", "d|e|f"]) + "\n", "utf-8")  # the wrong layout altogether
+    with pytest.raises(CsmAdaptError, match=r"2 of 3 metadata records are malformed.*max_malformed_share=0.25"):
+        prepare(json_data(meta, tmp_path / "out2"), MODEL, console=QUIET, frontend=frontend)
+    assert not (tmp_path / "out2" / "index.json").exists()

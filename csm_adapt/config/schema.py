@@ -96,6 +96,9 @@ class DataConfig:
     encode_batch_seconds: float = attrs.field(default=120.0, validator=_positive)
     # A shard that does not match index.json: "stop" the run (naming it), or "skip" it (counted, logged).
     on_corrupt: Literal["stop", "skip"] = "stop"
+    # Malformed metadata records are rejected one by one; more than this share of them means the
+    # reader was given the wrong layout, and prepare stops.
+    max_malformed_share: float = attrs.field(default=0.25, validator=_fraction)
 
 
 def _in(*choices: str):

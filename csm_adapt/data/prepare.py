@@ -48,7 +48,7 @@ from csm_adapt.data.shard_writer import write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.files import DirLock, remove_stale_temps, reported_writes, write_text_atomic
-from csm_adapt.plugin_api import Sample
+from csm_adapt.plugin_api import Malformed, Sample
 
 PROGRESS = ".progress"  # per-shard records and the data recipe of an unfinished run
 
@@ -146,13 +146,15 @@ def prepare(
 
 
 def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
-    """Read and split the samples and cut each split into shards; duplicate ids are rejected."""
-    samples = list(data.reader.create().read())
+    """Read and split the samples and cut each split into shards; duplicate ids and malformed
+    metadata records are rejected."""
+    rejects: list[Reject] = []
+    samples = _read_samples(data.reader, "data.reader", data.max_malformed_share, rejects)
     if data.val_reader is not None:
-        train, val = samples, list(data.val_reader.create().read())
+        train, val = samples, _read_samples(data.val_reader, "data.val_reader", data.max_malformed_share, rejects)
     else:
         train, val = split_samples(samples, data.val_fraction, data.val_by, data.seed)
-    rejects, seen = [], set()
+    seen = set()
     splits = {}
     for split, members in (("train", train), ("val", val)):
         kept = []
@@ -166,7 +168,9 @@ def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
                 kept.append(sample)
         splits[split] = kept
     if not splits["train"]:
-        raise CsmAdaptError(f"{data.out}: no training samples (the reader yielded {len(samples)} in all)")
+        malformed = [r for r in rejects if r.id == ""]  # malformed records have no id
+        why = f"; {len(malformed)} malformed record(s), the first: {malformed[0].detail}" if malformed else ""
+        raise CsmAdaptError(f"{data.out}: no training samples (the reader yielded {len(samples)} in all{why})")
     n = data.shard_samples
     shards = [
         _Shard(split, shard_name(split, i // n), tuple(kept[i : i + n]))
@@ -174,6 +178,26 @@ def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
         for i in range(0, len(kept), n)
     ]
     return rejects, shards
+
+
+def _read_samples(ref: ReaderRef, key: str, max_share: float, rejects: list[Reject]) -> list[Sample]:
+    """A reader's samples; its malformed records go to `rejects`, unless they are so many that the
+    reader was clearly given the wrong layout."""
+    samples, malformed = [], []
+    for item in ref.create().read():
+        if isinstance(item, Malformed):
+            malformed.append(Reject("", item.source, "", item.reason, item.detail))
+        else:
+            samples.append(item)
+    total = len(samples) + len(malformed)
+    if malformed and len(malformed) > max_share * total:
+        raise CsmAdaptError(
+            f"{key} ({ref.name}): {len(malformed)} of {total} metadata records are malformed, more than "
+            f"data.max_malformed_share={max_share:g}: the metadata probably does not have the layout this "
+            f"reader expects (check its columns/format options). The first: {malformed[0].detail}"
+        )
+    rejects.extend(malformed)
+    return samples
 
 
 def _encode_shards(
