@@ -12,7 +12,7 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from csm_adapt.errors import CsmAdaptError
@@ -148,19 +148,41 @@ class WriteError(CsmAdaptError):
 
 # Errors of a full (or unwritable) disk; other OSErrors are bugs or bad input and keep their traceback.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+_OS_ERROR_IN_MESSAGE = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an I/O error
+
+
+def no_space_errno(error: BaseException) -> int | None:
+    """The errno when `error` (or what it was raised from) is a full or read-only disk, else None."""
+    return _no_space(error)[0]
+
+
+def _no_space(error: BaseException) -> tuple[int | None, str | None]:
+    """(errno, file) when `error`, or an error it was raised from, is a full disk. torch.save into a
+    Python file raises RuntimeError from the OSError of the write; safetensors only names the errno."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            return seen.errno, seen.filename
+        match = _OS_ERROR_IN_MESSAGE.search(str(seen))
+        if match and int(match.group(1)) in _NO_SPACE:
+            return int(match.group(1)), None
+        seen = seen.__cause__ or seen.__context__
+    return None, None
 
 
 @contextlib.contextmanager
-def reported_writes(path: Path, kept: str, resume: str) -> Iterator[None]:
-    """Turn a disk-full OSError raised while writing `path` into one message: the path, the free space, what
-    was kept and the command that continues (`kept` and `resume` say those two)."""
+def reported_writes(path: Path, kept: str | Callable[[], str], resume: str) -> Iterator[None]:
+    """Turn a disk-full OSError raised while writing under `path` into one message: the file, the free
+    space, what was kept and the command that continues (`kept`, or `kept()` at the time of the error,
+    and `resume` say those two)."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in _NO_SPACE:
+    except Exception as e:
+        code, filename = _no_space(e)
+        if code is None:
             raise
-        reason = "read-only filesystem" if e.errno == errno.EROFS else "no space left (disk full or file size limit)"
+        reason = "read-only filesystem" if code == errno.EROFS else "no space left (disk full or file size limit)"
         raise WriteError(
-            f"could not write {getattr(e, 'filename', None) or path}: {reason} ({free_space(Path(path))}). "
-            f"{kept}. Free some space, then continue with: {resume}"
+            f"could not write {filename or path}: {reason} ({free_space(Path(path))}). "
+            f"{kept() if callable(kept) else kept}. Free some space, then continue with: {resume}"
         ) from None

@@ -282,6 +282,16 @@ def test_a_damaged_shard_can_be_skipped_counted_and_reported(tmp_path, capsys):
     assert "skipping (1 so far" in err and "train-000002.tar: damaged shard (its sha256" in err
 
 
+def test_reading_batches_draws_nothing_from_torchs_global_rng(tmp_path):
+    """A resumed run restores torch's RNG state and then starts the loader again: a draw there would
+    leave it one draw off an uninterrupted run's at every resume."""
+    write_dataset(tmp_path, {"train": [4, 4], "val": [3]})
+    before = torch.get_rng_state()
+    with deadline(60):
+        take(TrainLoader(tmp_path, PACKER, num_workers=1), 2)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_out_of_range_codes_are_named_by_shard_and_sample(tmp_path):
     write_dataset(tmp_path, {"train": [3], "val": [3]})
     rng = np.random.default_rng(1)

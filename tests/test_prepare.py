@@ -330,13 +330,16 @@ def test_malformed_metadata_lines_are_rejected_unless_most_are(tmp_path, fronten
     root.mkdir()
     for name in ("a", "b", "c"):
         tone(root / f"{name}.wav", 0.2)
-    good = [json.dumps({"text": f"Clip {n}.", "path": f"{n}.wav"}) for n in ("a", "b", "c")]
+    tone(root / "blip.wav", 0.001)  # 1 ms: a clip, yet nothing to learn from
+    good = [json.dumps({"text": f"Clip {n}.", "path": f"{n}.wav"}) for n in ("a", "b", "c", "blip")]
     meta = root / "meta.jsonl"
     meta.write_text("\n".join([good[0], '{"text": "cut short", "path": ', *good[1:]]) + "\n", "utf-8")
     index = prepare(json_data(meta, tmp_path / "out"), MODEL, console=QUIET, frontend=frontend)
-    assert index["summary"]["kept"]["train"] == 3 and index["summary"]["rejected_by_reason"] == {"malformed": 1}
-    (reject,) = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
-    assert reject["source"] == f"{meta}:2" and reject["detail"].startswith(f"{meta}:2: invalid JSON")
+    assert index["summary"]["kept"]["train"] == 3
+    assert index["summary"]["rejected_by_reason"] == {"malformed": 1, "too short": 1}
+    malformed, blip = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert malformed["source"] == f"{meta}:2" and malformed["detail"].startswith(f"{meta}:2: invalid JSON")
+    assert "blip.wav: 0.001 s, shorter than data.min_clip_seconds=0.16" in blip["detail"]
 
     meta.write_text("\n".join([good[0], "a|b|c", "d|e|f"]) + "\n", "utf-8")  # the wrong layout altogether
     with pytest.raises(CsmAdaptError, match=r"2 of 3 metadata records are malformed.*max_malformed_share=0.25"):

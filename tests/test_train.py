@@ -16,6 +16,7 @@ from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.model.checkpoint import load_model
 from csm_adapt.training.loop import train
+from csm_adapt.training.run_checkpoints import load_trainer_state
 
 REPO = Path(__file__).parents[1]
 DEMO = REPO / "recipes" / "demo_data"
@@ -214,6 +215,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, dataset):
     assert metrics(whole_dir, "val/loss") == metrics(killed_dir, "val/loss")
     # metrics.jsonl itself, record for record: each step once (the killed run's steps 5-6 were dropped).
     assert jsonl_records(killed_dir) == jsonl_records(whole_dir)
+    # The saved RNG state too: a resume costs no draw.
+    a, b = (load_trainer_state(d / "checkpoints" / "step-000008") for d in (whole_dir, killed_dir))
+    assert torch.equal(a["rng_cpu"], b["rng_cpu"])
 
 
 def jsonl_records(run_dir: Path) -> list[tuple]:

@@ -80,6 +80,7 @@ def encode_shard(
     *,
     max_rows: int,
     batch_seconds: float,
+    min_seconds: float = 0.0,
     advance: Callable[[int], None] = lambda n: None,
 ) -> ShardResult:
     """Prepared samples and rejects of `samples`, in reading order; `advance(n)` reports progress."""
@@ -88,7 +89,7 @@ def encode_shard(
     pending: list[tuple[str, Sample, list[_Clip]]] = []  # pieces waiting for their codes
     pending_samples = 0
     for sample in samples:
-        pieces, reject = _decode(sample, frontend, max_rows)
+        pieces, reject = _decode(sample, frontend, max_rows, min_seconds)
         if reject is not None:
             result.rejects.append(reject)
             advance(1)
@@ -112,7 +113,9 @@ def encode_shard(
     return result
 
 
-def _decode(sample: Sample, frontend: Frontend, max_rows: int) -> tuple[list[tuple[str, list[_Clip]]], Reject | None]:
+def _decode(
+    sample: Sample, frontend: Frontend, max_rows: int, min_seconds: float = 0.0
+) -> tuple[list[tuple[str, list[_Clip]]], Reject | None]:
     """The sample's pieces (id, decoded turns), or why it is rejected."""
     clips = []
     for turn in sample.turns:
@@ -124,6 +127,10 @@ def _decode(sample: Sample, frontend: Frontend, max_rows: int) -> tuple[list[tup
             return [], _reject(sample, turn, e.reason, str(e))
         if is_silent(wav):
             return [], _reject(sample, turn, "silent", f"{turn.audio}: silent (peak below -60 dBFS)")
+        seconds = wav.shape[-1] / frontend.codec.sample_rate
+        if seconds < min_seconds:
+            detail = f"{turn.audio}: {seconds:.3f} s, shorter than data.min_clip_seconds={min_seconds:g}"
+            return [], _reject(sample, turn, "too short", detail)
         tokens = frontend.tokenizer.encode(turn.text, turn.speaker)
         frames = math.ceil(wav.shape[-1] / frontend.codec.samples_per_frame)
         clip = _Clip(turn, tokens, wav, frames, wav.shape[-1] / frontend.codec.sample_rate)

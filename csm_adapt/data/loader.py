@@ -41,6 +41,7 @@ from typing import Literal
 
 import attrs
 import numpy as np
+import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -399,7 +400,13 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._stream.start = self.state
-        loader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        # A generator of its own: iter(DataLoader) draws a base seed from it, and drawing from torch's
+        # global RNG would make a resumed run's RNG state one draw off an uninterrupted run's (the
+        # batches do not depend on that seed: every worker seeds its own random.Random).
+        loader = DataLoader(
+            self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
         for position, batch in loader:
             if isinstance(batch, _Failure):
                 raise batch.error_type(batch.message)

@@ -78,6 +78,7 @@ def data_recipe(data: DataConfig, model: ModelConfig) -> dict:
         "seed": data.seed,
         "shard_samples": data.shard_samples,
         "max_rows": data.max_rows,
+        "min_clip_seconds": data.min_clip_seconds,
         "text_tokenizer": model.text_tokenizer,
         "audio_codec": model.audio_codec,
     }
@@ -224,6 +225,7 @@ def _encode_shards(
                     frontend,
                     max_rows=data.max_rows,
                     batch_seconds=data.encode_batch_seconds,
+                    min_seconds=data.min_clip_seconds,
                     advance=lambda n: progress.advance(task, n),
                 )
                 written = write_shard(data.out / shard.name, result.samples)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from csm_adapt.config.recipe import recipe_to_dict, recipe_to_toml
+from csm_adapt.config.recipe import SAVED_NAME, recipe_to_dict, recipe_to_toml
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.loader import SampleLimits, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.files import DirLock
+from csm_adapt.files import DirLock, reported_writes
 from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import RunInfo
@@ -84,8 +84,18 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     `on_validation(step, metrics)` is called after each validation (a sweep reports to its pruner
     there; an exception it raises stops the run).
     """
-    with claim_run_dir(recipe.output.run_dir, resume):
+    run_dir = Path(recipe.output.run_dir)
+    resume_command = f"csm-adapt run {run_dir / SAVED_NAME} --resume"
+    with claim_run_dir(run_dir, resume), reported_writes(run_dir, lambda: _kept(run_dir), resume_command):
         return _train(recipe, resume, on_validation)
+
+
+def _kept(run_dir: Path) -> str:
+    """What a failed write leaves usable, for its message."""
+    last = latest_step_dir(run_dir)
+    if last is None:
+        return "No checkpoint was saved yet"
+    return f"The checkpoints saved before are intact; the newest is {last}"
 
 
 @contextlib.contextmanager
