@@ -1,6 +1,6 @@
 """Loader throughput with packing: rows/s, samples/s and the padding fraction, 0 and 2 workers.
 
-Writes seeded synthetic shards (DATA.md format) with a realistic length mix, 2-15 s utterances
+Writes seeded synthetic shards (docs/data-format.md) with a realistic length mix, 2-15 s utterances
 (25-190 frames) with 10-60 text tokens, into a temp dir, then times the training loader.
 
     python benchmarks/loader_throughput.py [--samples 4000] [--batches 200] [--json out.json]
@@ -18,6 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from csm_adapt.data.format import INDEX, INDEX_VERSION, NUM_CODEBOOKS, Index, ShardEntry, SplitEntry, dump_index
 from csm_adapt.data.loader import TrainLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.data.shard_writer import PreparedSample, write_shard
@@ -37,12 +38,15 @@ def write_shards(root: Path, samples: int, per_shard: int, seed: int) -> None:
                                "audio": "", "start": None, "end": None}]}  # fmt: skip
             codes = rng.integers(0, 2048, (K, frames)).astype(np.int16)
             shard.append(PreparedSample(f"u{i}", codes, rng.integers(0, 128256, tokens).astype(np.int32), meta))
-        write_shard(root / name, shard)
-        rows = [s.rows for s in shard]
-        shards.append({"name": name, "samples": len(rows), "rows": rows, "frames": 0, "seconds": 0.0})
-    index = {"version": 1, "data_hash": "synthetic", "num_codebooks": K, "max_rows": 2048,
-             "splits": {"train": {"shards": shards}, "val": {"shards": shards[:1]}}, "summary": {}}  # fmt: skip
-    (root / "index.json").write_text(json.dumps(index))
+        written = write_shard(root / name, shard)
+        rows = tuple(s.rows for s in shard)
+        frames = sum(s.codes.shape[1] for s in shard)
+        shards.append(ShardEntry(name=name, samples=len(rows), rows=rows, frames=frames, seconds=0.0,
+                                 bytes=written.bytes, sha256=written.sha256))  # fmt: skip
+    splits = {"train": SplitEntry(shards=tuple(shards)), "val": SplitEntry(shards=tuple(shards[:1]))}
+    index = Index(version=INDEX_VERSION, data_hash="synthetic", text_tokenizer="synthetic", audio_codec="synthetic",
+                  num_codebooks=NUM_CODEBOOKS, max_rows=2048, data={}, splits=splits, summary={})  # fmt: skip
+    (root / INDEX).write_text(dump_index(index))
 
 
 def measure(root: Path, packer: Packer, workers: int, batches: int, pack_buffer: int) -> dict:

@@ -43,14 +43,26 @@ class Sample:
     source: str
 
 
+@attrs.frozen
+class Malformed:
+    """Yielded by a reader in place of a Sample for one metadata record it cannot use (too many or
+    too few fields, a wrong type, a path outside the dataset): prepare writes it to rejects.jsonl
+    and goes on, and stops only when a large share of the records is malformed."""
+
+    source: str  # "file:line"
+    detail: str  # the full message, starting with `source`
+    reason: str = "malformed"  # short code the rejects are counted by
+
+
 class DatasetReader(Protocol):
     """Built as `ReaderClass(options)`.
 
-    `read()` raises a `CsmAdaptError` naming file:line for metadata it cannot make sense of. Audio
-    problems (missing, corrupt, too long) are not its business: the prepare step reports those.
+    `read()` yields a `Malformed` naming file:line for a record it cannot make sense of, and raises
+    a `CsmAdaptError` when the whole file is unusable (missing, not decodable). Audio problems
+    (missing, corrupt, too long) are not its business: the prepare step reports those.
     """
 
-    def read(self) -> Iterator[Sample]: ...
+    def read(self) -> Iterator[Sample | Malformed]: ...
 
 
 @attrs.frozen

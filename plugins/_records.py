@@ -1,19 +1,22 @@
-"""Reading JSON metadata records for the `json` and `conversation` readers.
+"""Reading metadata for the built-in readers: text in a declared encoding, JSON records, audio paths
+kept inside the dataset, and one bad record turned into a `Malformed` rather than a stopped prepare.
 
-A metadata file is a JSON list of objects or JSONL (one object a line). Either way each record
+A JSON metadata file is a JSON list of objects or JSONL (one object a line). Either way each record
 comes with its line number, so errors and `Sample.source` can point at `file:line`.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Turn
+from csm_adapt.plugin_api import Malformed, Sample, Turn
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\r\n"
@@ -25,13 +28,56 @@ def check_file(path: Path, key: str) -> None:
         raise CsmAdaptError(f"{path}: no such file ({key})")
 
 
-def read_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line, object) of each record: a JSON list when the file starts with `[`, else JSONL."""
-    text = path.read_text(encoding="utf-8")
+class RecordError(CsmAdaptError):
+    """One metadata record is unusable; `reason` is the short code its reject is counted by."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_encoding(instance, attribute, value) -> None:
+    """attrs validator of a reader's `encoding` option."""
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, latin-1, cp1252)", attribute) from None
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The text of a metadata file; a UTF-8 byte-order mark is dropped. Undecodable bytes stop with
+    the line and column, and what to do."""
+    data = path.read_bytes()
+    is_utf8 = codecs.lookup(encoding).name == "utf-8"
+    try:
+        return data.decode("utf-8-sig" if is_utf8 else encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        name = "UTF-8" if is_utf8 else encoding
+        raise CsmAdaptError(
+            f"{path}:{line}: not {name} (byte 0x{data[e.start]:02x} at column {column}); "
+            'convert it or set the reader\'s encoding option (data.reader.encoding, e.g. "latin-1")'
+        ) from None
+
+
+def sample_or_malformed(where: str, build: Callable[..., Sample], *args) -> Sample | Malformed:
+    """`build(*args)`, or the Malformed record it failed with."""
+    try:
+        return build(*args)
+    except CsmAdaptError as e:
+        return Malformed(source=where, detail=str(e), reason=getattr(e, "reason", "malformed"))
+
+
+def read_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict | RecordError]]:
+    """(line, object) of each record: a JSON list when the file starts with `[`, else JSONL. A JSONL
+    line that is not a JSON object comes as a RecordError (the other lines are still usable); a
+    broken JSON list stops, since nothing after the break can be placed."""
+    text = read_text(path, encoding)
     records = _array_items(path, text) if text.lstrip(_WHITESPACE).startswith("[") else _lines(path, text)
     for line, record in records:
-        if not isinstance(record, dict):
-            raise CsmAdaptError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+        if not isinstance(record, (dict, RecordError)):
+            record = RecordError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
         yield line, record
 
 
@@ -42,7 +88,7 @@ def _lines(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         try:
             yield line, json.loads(raw)
         except json.JSONDecodeError as e:
-            raise CsmAdaptError(f"{path}:{line}: invalid JSON ({e.msg}, column {e.colno})") from None
+            yield line, RecordError(f"{path}:{line}: invalid JSON ({e.msg}, column {e.colno})")
 
 
 def _array_items(path: Path, text: str) -> Iterator[tuple[int, Any]]:
@@ -72,8 +118,11 @@ def _skip_whitespace(text: str, pos: int) -> int:
     return pos
 
 
-def turn_from_record(record: dict, base_dir: Path, where: str, target: bool = True) -> Turn:
-    """A Turn from `{text, path, start?, end?, speaker?}`; a relative path is relative to `base_dir`.
+def turn_from_record(
+    record: dict, base_dir: Path, where: str, target: bool = True, absolute_paths: bool = False
+) -> Turn:
+    """A Turn from `{text, path, start?, end?, speaker?}`; a relative path is relative to `base_dir`
+    and must stay inside it; an absolute path needs `absolute_paths`.
 
     Absent or null optional fields stay None; anything else of the wrong type is an error naming
     `where` (file:line) and the key.
@@ -83,11 +132,45 @@ def turn_from_record(record: dict, base_dir: Path, where: str, target: bool = Tr
     return Turn(
         speaker=_field(record, "speaker", int, where),
         text=text,
-        audio=base_dir / audio,
+        audio=inside_root(base_dir, audio, where, absolute_paths),
         start=_time(record, "start", where),
         end=_time(record, "end", where),
         target=target,
     )
+
+
+def inside_root(root: Path, relative: str, where: str, absolute_paths: bool | None = False) -> Path:
+    """`root / relative`, refused when it leaves `root` (`../../secret`) or is absolute, unless the
+    metadata uses absolute paths on purpose (the reader's `absolute_paths` option; None: the reader
+    has none). Checked on the path as written, not through symlinks: a dataset may link its audio
+    folder elsewhere."""
+    path = Path(root) / relative
+    if absolute_paths:
+        return path
+    hint = (
+        "" if absolute_paths is None else " (set the reader's absolute_paths = true if the metadata does so on purpose)"
+    )
+    if Path(relative).is_absolute():
+        raise RecordError(f"{where}: absolute audio path {relative!r} refused{hint}", "path outside root")
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise RecordError(
+            f"{where}: audio path {relative!r} leads outside the dataset folder {root}; refused{hint}",
+            "path outside root",
+        )
+    return path
+    if Path(relative).is_absolute():
+        raise RecordError(
+            f"{where}: absolute audio path {relative!r}; set the reader's absolute_paths = true "
+            "if the metadata uses absolute paths on purpose",
+            "path outside root",
+        )
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise RecordError(
+            f"{where}: audio path {relative!r} leads outside the dataset folder {root}; refused "
+            "(set the reader's absolute_paths = true to allow any path)",
+            "path outside root",
+        )
+    return path
 
 
 def _field(record: dict, key: str, kind: type, where: str, required: bool = False) -> Any:

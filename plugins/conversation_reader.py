@@ -13,8 +13,10 @@
 Turns are trained in order as interleaved text and audio. Which turns are targets (in the loss;
 the others are context the model hears): "flagged" (default) uses each turn's `target` (true when
 absent), "all" every turn, "last" only the last turn, "speakers" the turns of `target_speakers`.
-Turn paths are relative to the metadata file's folder. Prepare splits a dialogue longer than
-`data.max_rows` at turn boundaries.
+Turn paths are relative to the metadata file's folder and must stay inside it (`absolute_paths =
+true` allows any). The file is UTF-8 (a byte-order mark is dropped) unless `encoding` names
+another. A dialogue that cannot be used is rejected (rejects.jsonl) and the others are kept.
+Prepare splits a dialogue longer than `data.max_rows` at turn boundaries.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Sample, Turn
-from csm_adapt_plugins._records import check_file, read_records, turn_from_record
+from csm_adapt.plugin_api import Malformed, Sample, Turn
+from csm_adapt_plugins._records import (
+    RecordError,
+    check_encoding,
+    check_file,
+    read_records,
+    sample_or_malformed,
+    turn_from_record,
+)
 
 
 def _speakers_match_mode(instance, attribute, value) -> None:
@@ -41,6 +50,8 @@ class ConversationOptions:
     path: Path  # the dialogues file: JSONL or a JSON list
     targets: Literal["flagged", "all", "last", "speakers"] = "flagged"
     target_speakers: tuple[int, ...] = attrs.field(default=(), validator=_speakers_match_mode)
+    encoding: str = attrs.field(default="utf-8", validator=check_encoding)
+    absolute_paths: bool = False  # allow audio paths outside the dialogues file's folder
 
 
 class ConversationReader:
@@ -48,24 +59,30 @@ class ConversationReader:
         self.options = options
         check_file(options.path, "data.reader.path")
 
-    def read(self) -> Iterator[Sample]:
+    def read(self) -> Iterator[Sample | Malformed]:
         path = self.options.path
-        for line, record in read_records(path):
+        for line, record in read_records(path, self.options.encoding):
             where = f"{path}:{line}"
-            dialogue_id, turns = record.get("id"), record.get("turns")
-            if not isinstance(dialogue_id, str) or not dialogue_id:
-                raise CsmAdaptError(f"{where}: key 'id': expected a non-empty str, got {dialogue_id!r}")
-            if not isinstance(turns, list) or not turns:
-                raise CsmAdaptError(f"{where}: key 'turns': expected a non-empty list of turns")
-            parsed = []
-            for i, raw in enumerate(turns):
-                turn_where = f"{where}: turns[{i}]"
-                if not isinstance(raw, dict):
-                    raise CsmAdaptError(f"{turn_where}: expected an object, got {type(raw).__name__}")
-                turn = turn_from_record(raw, path.parent, turn_where)
-                is_last = i == len(turns) - 1
-                parsed.append(attrs.evolve(turn, target=self._is_target(turn, raw, is_last, turn_where)))
-            yield Sample(id=dialogue_id, turns=tuple(parsed), source=where)
+            yield sample_or_malformed(where, self._sample, record, where)
+
+    def _sample(self, record: dict | RecordError, where: str) -> Sample:
+        if isinstance(record, RecordError):
+            raise record
+        path = self.options.path
+        dialogue_id, turns = record.get("id"), record.get("turns")
+        if not isinstance(dialogue_id, str) or not dialogue_id:
+            raise CsmAdaptError(f"{where}: key 'id': expected a non-empty str, got {dialogue_id!r}")
+        if not isinstance(turns, list) or not turns:
+            raise CsmAdaptError(f"{where}: key 'turns': expected a non-empty list of turns")
+        parsed = []
+        for i, raw in enumerate(turns):
+            turn_where = f"{where}: turns[{i}]"
+            if not isinstance(raw, dict):
+                raise CsmAdaptError(f"{turn_where}: expected an object, got {type(raw).__name__}")
+            turn = turn_from_record(raw, path.parent, turn_where, absolute_paths=self.options.absolute_paths)
+            is_last = i == len(turns) - 1
+            parsed.append(attrs.evolve(turn, target=self._is_target(turn, raw, is_last, turn_where)))
+        return Sample(id=dialogue_id, turns=tuple(parsed), source=where)
 
     def _is_target(self, turn: Turn, raw: dict, is_last: bool, where: str) -> bool:
         mode = self.options.targets

@@ -4,9 +4,12 @@
     name = "json"
     path = "/data/myset/metadata.jsonl"
 
-`path` in a record is relative to the metadata file's folder (or absolute). Missing or null
-`start`/`end` mean the whole file, a missing `speaker` means none; `id` defaults to the audio path
-(without its extension) plus the start time when there is one. Other keys are ignored.
+`path` in a record is relative to the metadata file's folder and must stay inside it; absolute
+paths (or paths leading outside) need `absolute_paths = true`. Missing or null `start`/`end` mean
+the whole file, a missing `speaker` means none; `id` defaults to the audio path (without its
+extension) plus the start time when there is one. Other keys are ignored. The file is UTF-8 (a
+byte-order mark is dropped) unless `encoding` names another. A record that cannot be used is
+rejected (rejects.jsonl) and the others are kept.
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Sample
-from csm_adapt_plugins._records import check_file, read_records, turn_from_record
+from csm_adapt.plugin_api import Malformed, Sample
+from csm_adapt_plugins._records import (
+    RecordError,
+    check_encoding,
+    check_file,
+    read_records,
+    sample_or_malformed,
+    turn_from_record,
+)
 
 
 @attrs.frozen
 class JsonOptions:
     path: Path  # the metadata file: a JSON list, or JSONL
+    encoding: str = attrs.field(default="utf-8", validator=check_encoding)
+    absolute_paths: bool = False  # allow audio paths outside the metadata file's folder
 
 
 class JsonReader:
@@ -32,12 +44,17 @@ class JsonReader:
         self.options = options
         check_file(options.path, "data.reader.path")
 
-    def read(self) -> Iterator[Sample]:
+    def read(self) -> Iterator[Sample | Malformed]:
         path = self.options.path
-        for line, record in read_records(path):
+        for line, record in read_records(path, self.options.encoding):
             where = f"{path}:{line}"
-            turn = turn_from_record(record, path.parent, where)
-            yield Sample(id=_sample_id(record, turn.start, where), turns=(turn,), source=where)
+            yield sample_or_malformed(where, self._sample, record, where)
+
+    def _sample(self, record: dict | RecordError, where: str) -> Sample:
+        if isinstance(record, RecordError):
+            raise record
+        turn = turn_from_record(record, self.options.path.parent, where, absolute_paths=self.options.absolute_paths)
+        return Sample(id=_sample_id(record, turn.start, where), turns=(turn,), source=where)
 
 
 def _sample_id(record: dict, start: float | None, where: str) -> str:

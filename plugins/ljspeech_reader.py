@@ -9,10 +9,14 @@ Columns are `id|text|normalized_text` (the normalized text is used when non-empt
 Fields are never quoted: quotes belong to the text (csv.QUOTE_NONE), and "NA" stays "NA".
 Speakers come from that column, from `speaker` (one for every clip), from `speakers` (a JSON file
 `{clip id: speaker}`, like the demo set's speakers.json), or are None.
+The file is UTF-8 (a byte-order mark is dropped) unless `encoding` names another. A line that
+cannot be used (too many or too few fields, an id leading outside `wavs/`) is rejected
+(rejects.jsonl) and the other lines are kept.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +26,8 @@ import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Sample, Turn
+from csm_adapt.plugin_api import Malformed, Sample, Turn
+from csm_adapt_plugins._records import check_encoding, inside_root, read_text, sample_or_malformed
 
 ID_TEXT_NORMALIZED = "id|text|normalized_text"
 ID_SPEAKER_TEXT = "id|speaker|text"
@@ -41,6 +46,7 @@ class LJSpeechOptions:
     columns: Literal["id|text|normalized_text", "id|speaker|text"] = ID_TEXT_NORMALIZED
     speaker: int | None = None  # one speaker for every clip
     speakers: Path | None = attrs.field(default=None, validator=_one_speaker_source)  # JSON {id: speaker}
+    encoding: str = attrs.field(default="utf-8", validator=check_encoding)  # of the metadata file
 
 
 class LJSpeechReader:
@@ -51,11 +57,13 @@ class LJSpeechReader:
             raise CsmAdaptError(f"{self.metadata}: no such file (data.reader.root / data.reader.metadata)")
         self.speakers = _read_speakers(options.speakers) if options.speakers else None
 
-    def read(self) -> Iterator[Sample]:
-        with open(self.metadata, encoding="utf-8") as f:
-            for line, raw in enumerate(f, start=1):
-                if raw.strip():
-                    yield self._sample(raw.rstrip("\r\n").split("|"), f"{self.metadata}:{line}")
+    def read(self) -> Iterator[Sample | Malformed]:
+        # newline=None: lines end at \n, \r\n or \r, as when iterating over a file opened in text mode.
+        lines = io.StringIO(read_text(self.metadata, self.options.encoding), newline=None)
+        for line, raw in enumerate(lines, start=1):
+            if raw.strip():
+                where = f"{self.metadata}:{line}"
+                yield sample_or_malformed(where, self._sample, raw.rstrip("\r\n").split("|"), where)
 
     def _sample(self, fields: list[str], where: str) -> Sample:
         # A plain split is csv.QUOTE_NONE: quotes are part of the text, never field delimiters.
@@ -75,7 +83,7 @@ class LJSpeechReader:
             if clip_id not in self.speakers:
                 raise CsmAdaptError(f"{where}: clip {clip_id!r} is not in {self.options.speakers}")
             speaker = self.speakers[clip_id]
-        audio = self.options.root / "wavs" / f"{clip_id}.wav"
+        audio = inside_root(self.options.root / "wavs", f"{clip_id}.wav", where, absolute_paths=None)
         return Sample(id=clip_id, turns=(Turn(speaker, text.strip(), audio),), source=where)
 
 
@@ -88,7 +96,7 @@ def _speaker(field: str, where: str) -> int:
 
 def _read_speakers(path: Path) -> dict[str, int]:
     try:
-        speakers = json.loads(path.read_text(encoding="utf-8"))
+        speakers = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError) as e:
         raise CsmAdaptError(f"{path}: cannot read the speakers file (data.reader.speakers): {e}") from None
     if not isinstance(speakers, dict) or not all(

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import csm_adapt.model.checkpoint as checkpoint
+from csm_adapt.cli import cli
 from csm_adapt.commands.convert import convert as convert_command
 from csm_adapt.errors import CheckpointError, ConfigError
 from csm_adapt.model.checkpoint import build_model, convert, load_model, save_model
@@ -299,3 +300,51 @@ def test_cli_convert(micro, saved, tmp_path):
     assert_same_weights(bf16, load_model(tmp_path / "bf16", dtype=torch.bfloat16))
     bad = runner.invoke(convert_command, [str(tmp_path / "nope"), str(tmp_path / "x"), "--to", "sesame"])
     assert isinstance(bad.exception, CheckpointError)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"text_vocab_size": "1024"}, r"text_vocab_size: expected a positive integer, got str '1024'"),
+        ({"audio_vocab_size": 2051.5}, r"audio_vocab_size: expected a positive integer, got float 2051.5"),
+        ({"audio_num_codebooks": -4}, r"audio_num_codebooks: expected a positive integer, got int -4"),
+        ({"backbone_flavor": "llama-9000"}, r"backbone_flavor: 'llama-9000' is not a flavor; valid flavors: llama-1B"),
+        ({"decoder_flavor": 7}, r"decoder_flavor: 7 is not a flavor"),
+    ],
+)
+def test_a_hostile_config_json_is_named_by_file_and_key(micro, tmp_path, change, message):
+    write_original(tmp_path, micro.state_dict(), {**micro.args.to_dict(), **change})
+    with pytest.raises(CheckpointError, match=rf"config.json: invalid model config: {message}") as caught:
+        load_model(tmp_path)
+    assert "TransformerFlavor(" not in str(caught.value)  # the valid names, not the whole table
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path), str(tmp_path / "out"), "--to", "transformers"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "config.json: invalid" in result.output
+
+
+def test_a_hostile_transformers_config_is_named_by_key(micro, tmp_path):
+    save_model(micro, tmp_path, layout="transformers")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["depth_decoder_config"]["hidden_size"] = "64"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: depth_decoder_config: hidden_size: expected a positive"):
+        load_model(tmp_path)
+
+
+def test_a_plain_pickle_is_refused_as_such(tmp_path):
+    import pickle
+
+    (tmp_path / "ckpt.pt").write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    with pytest.raises(CheckpointError, match=r"ckpt.pt: not a torch.save zip file .* never loads pickles"):
+        load_model(tmp_path)
+
+
+def test_checkpoint_files_get_the_umask_mode(micro, tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_model(micro, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()} == {
+        "config.json": 0o644,
+        "model.safetensors": 0o644,
+    }

@@ -1,4 +1,5 @@
-"""The streaming loader on shards written here per DATA.md: splitting, budgets, determinism, resume."""
+"""The streaming loader on shards written here per docs/data-format.md: splitting, budgets, determinism, resume,
+and damaged shards."""
 
 import contextlib
 import io
@@ -6,14 +7,17 @@ import json
 import signal
 import tarfile
 
+import attrs
 import numpy as np
 import pytest
 import torch
+from attrs import asdict
 
 from csm_adapt.data.batches import sample_rows
-from csm_adapt.data.loader import TrainLoader, ValLoader
+from csm_adapt.data.format import INDEX, INDEX_VERSION, Index, ShardEntry, SplitEntry, dump_index, read_index
+from csm_adapt.data.loader import SampleLimits, ShardError, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
-from csm_adapt.data.shard_writer import PreparedSample, write_shard
+from csm_adapt.data.shard_writer import PreparedSample, file_digest, write_shard
 from csm_adapt.errors import CsmAdaptError
 
 K = 32
@@ -47,13 +51,23 @@ def write_dataset(root, shards: dict[str, list[int]], seed: int = 0) -> dict:
                 key = f"{split}_{n}_{i}"
                 codes, text, meta = samples[key] = _sample(rng, key)
                 shard.append(PreparedSample(key, codes, text, meta))
-            write_shard(root / name, shard)
-            rows = [s.rows for s in shard]
-            entries.append({"name": name, "samples": count, "rows": rows, "frames": 0, "seconds": 0.0})
-        splits[split] = {"shards": entries}
-    index = {"version": 1, "data_hash": "x", "num_codebooks": K, "max_rows": 64, "splits": splits, "summary": {}}
-    (root / "index.json").write_text(json.dumps(index))
+            written = write_shard(root / name, shard)
+            rows = tuple(s.rows for s in shard)
+            frames = sum(s.codes.shape[1] for s in shard)
+            entries.append(
+                ShardEntry(name=name, samples=count, rows=rows, frames=frames, seconds=0.0, **asdict(written))
+            )
+        splits[split] = SplitEntry(shards=tuple(entries))
+    write_index(root, splits)
     return samples
+
+
+def write_index(root, splits: dict) -> None:
+    index = Index(
+        version=INDEX_VERSION, data_hash="x", text_tokenizer="t", audio_codec="c", num_codebooks=K, max_rows=64,
+        data={}, splits=splits, summary={},
+    )  # fmt: skip
+    (root / INDEX).write_text(dump_index(index))
 
 
 @contextlib.contextmanager
@@ -196,5 +210,101 @@ def test_missing_member_names_shard_and_key(tmp_path):
         info = tarfile.TarInfo("orphan.json")
         info.size = len(orphan)
         tar.addfile(info, io.BytesIO(orphan))
+    reindex(tmp_path)  # a shard written that way, not damaged later
     with pytest.raises(CsmAdaptError, match=r"train-000000.tar: sample 'orphan': missing member\(s\) codes.npy"):
         take(TrainLoader(tmp_path, PACKER, num_workers=0), 5)
+
+
+def reindex(root) -> None:
+    """Record each shard's current bytes in index.json, as if prepare had written them so."""
+    index = read_index(root)
+    splits = {}
+    for split, entry in index.splits.items():
+        shards = []
+        for shard in entry.shards:
+            with tarfile.open(root / shard.name) as tar:
+                samples = len({m.name.split(".", 1)[0] for m in tar.getmembers()})
+            written = file_digest(root / shard.name)
+            shards.append(attrs.evolve(shard, samples=samples, bytes=written.bytes, sha256=written.sha256))
+        splits[split] = SplitEntry(shards=tuple(shards))
+    write_index(root, splits)
+
+
+def member_offsets(path) -> list[tuple[str, int, int]]:
+    """(name, header offset, data offset) of each member of a tar."""
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset, m.offset_data) for m in tar.getmembers()]
+
+
+def test_a_truncated_shard_stops_the_run_before_training_naming_it_and_the_fix(tmp_path):
+    write_dataset(tmp_path, {"train": [4, 4, 4], "val": [3]})
+    shard = tmp_path / "train-000001.tar"
+    _, cut, _ = member_offsets(shard)[6]  # cut at a member boundary: two whole samples remain
+    shard.write_bytes(shard.read_bytes()[:cut])
+    with pytest.raises(
+        ShardError, match=r"train-000001.tar: damaged shard \(\d+ bytes, index.json says \d+\).*--rebuild"
+    ):
+        TrainLoader(tmp_path, PACKER, num_workers=0)
+
+
+def test_a_corrupted_shard_stops_reading_with_one_line_from_a_worker(tmp_path):
+    write_dataset(tmp_path, {"train": [4, 4, 4], "val": [3]})
+    shard = tmp_path / "train-000002.tar"
+    data = bytearray(shard.read_bytes())
+    _, header, _ = member_offsets(shard)[3]
+    data[header : header + 20] = b"\0" * 20  # tarfile takes the zeroed header for the end of the archive
+    shard.write_bytes(bytes(data))
+    loader = TrainLoader(tmp_path, PACKER, num_workers=2, shuffle_buffer=4)
+    with deadline(60), pytest.raises(ShardError) as caught:
+        take(loader, 100)
+    message = str(caught.value)
+    assert "train-000002.tar: damaged shard (its sha256 differs from index.json)" in message
+    assert "\n" not in message and "DataLoader worker" not in message
+
+
+def test_a_damaged_shard_can_be_skipped_counted_and_reported(tmp_path, capsys):
+    samples = write_dataset(tmp_path, {"train": [4, 4, 4], "val": [3]})
+    truncated, flipped = tmp_path / "train-000000.tar", tmp_path / "train-000002.tar"
+    truncated.write_bytes(truncated.read_bytes()[:-1024])
+    data = bytearray(flipped.read_bytes())
+    _, _, codes_at = member_offsets(flipped)[0]
+    data[codes_at + 200] ^= 0xFF  # a flipped byte inside the first sample's codes
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="train-000000.tar"):
+        TrainLoader(tmp_path, PACKER, num_workers=0)
+
+    loader = TrainLoader(tmp_path, PACKER, num_workers=0, on_corrupt="skip")
+    with deadline(60):
+        ids = {i for batch in first_epoch(loader) for i in batch.sample_ids}
+    assert ids == {k for k in samples if k.startswith("train_1_")}
+    err = capsys.readouterr().err
+    assert "skipping (1 so far" in err and "train-000000.tar: damaged shard" in err
+    assert "skipping (1 so far" in err and "train-000002.tar: damaged shard (its sha256" in err
+
+
+def test_reading_batches_draws_nothing_from_torchs_global_rng(tmp_path):
+    """A resumed run restores torch's RNG state and then starts the loader again: a draw there would
+    leave it one draw off an uninterrupted run's at every resume."""
+    write_dataset(tmp_path, {"train": [4, 4], "val": [3]})
+    before = torch.get_rng_state()
+    with deadline(60):
+        take(TrainLoader(tmp_path, PACKER, num_workers=1), 2)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_out_of_range_codes_are_named_by_shard_and_sample(tmp_path):
+    write_dataset(tmp_path, {"train": [3], "val": [3]})
+    rng = np.random.default_rng(1)
+    codes, text, meta = _sample(rng, "bad")
+    codes[5, 1] = -1199
+    write_shard(tmp_path / "train-000000.tar", [PreparedSample("bad", codes, text, meta)])
+    reindex(tmp_path)
+    with pytest.raises(CsmAdaptError, match=r"train-000000.tar: sample 'bad': codes out of range \[-1199, \d+\]"):
+        take(TrainLoader(tmp_path, PACKER, num_workers=0), 1)
+    text[0] = 5000
+    codes[5, 1] = 0
+    write_shard(tmp_path / "train-000000.tar", [PreparedSample("bad", codes, text, meta)])
+    reindex(tmp_path)
+    limits = SampleLimits(text_vocab_size=1024)
+    with pytest.raises(CsmAdaptError, match=r"sample 'bad': text ids out of range \[\d+, 5000\], expected \[0, 1023\]"):
+        take(TrainLoader(tmp_path, PACKER, num_workers=0, limits=limits), 1)

@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 from rich.console import Console
@@ -160,3 +161,26 @@ def test_jsonl_lines_parse(tmp_path):
         (5, "train/acc/c00", 0.125),
         (10, "val/loss", 3.0),
     ]
+
+
+def test_jsonl_after_a_resume_holds_each_step_once(tmp_path):
+    """A run killed after logging steps 5-15 and resumed from its step-10 checkpoint: the file must
+    read 5, 10, 15, 20 like an uninterrupted run's, not 5, 10, 15, 15, 20."""
+    first = JsonlLogger(NoOptions(), tmp_path)
+    first.begin(RUN)
+    for step in (5, 10, 15):
+        first.log_scalars(step, {"train/loss": 10.0 / step})
+    first._file.write('{"step": 20, "time": 1, "na')  # the kill cut the last line short
+    first.close()
+    resumed = JsonlLogger(NoOptions(), tmp_path)
+    resumed.begin(attrs.evolve(RUN, start_step=10))
+    for step in (15, 20):
+        resumed.log_scalars(step, {"train/loss": 10.0 / step})
+    resumed.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["value"]) for r in records] == [(s, 10.0 / s) for s in (5, 10, 15, 20)]
+
+    fresh = JsonlLogger(NoOptions(), tmp_path)  # a new run (nothing to resume) starts a new file
+    fresh.begin(RUN)
+    fresh.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

@@ -18,7 +18,7 @@ K = 32
 
 
 def make_sample(seed: int, turns: list[tuple[int, int, bool]]):
-    """turns: (text_tokens, frames, target) -> (codes [K, F] int16, text [T] int32, meta) as in DATA.md."""
+    """turns: (text_tokens, frames, target) -> (codes [K, F] int16, text [T] int32, meta) as in docs/data-format.md."""
     rng = np.random.default_rng(seed)
     frames = sum(f for _, f, _ in turns)
     codes = rng.integers(1, 2048, (K, frames)).astype(np.int16)

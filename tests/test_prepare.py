@@ -147,7 +147,8 @@ def test_prepare_keeps_good_clips_rejects_bad_ones_and_the_numbers_match(clips, 
     assert summary["rows"] == sum(s["json"]["rows"] for s in samples)
     assert summary["frames"] == sum(s["codes.npy"].shape[1] for s in samples)
     assert summary["hours"] == pytest.approx((0.3 + 0.25 + 0.2 + 0.3) / 3600, abs=1e-4)
-    assert summary["clips"] == 4 and summary["clips_per_s"] > 0
+    assert summary["clips"] == 4 and index["timings"]["clips_per_s"] > 0
+    assert "timings" not in json.loads((out / "index.json").read_text())  # returned, never stored
     assert index["text_tokenizer"] == frontend.tokenizer.identity
     assert index["audio_codec"] == frontend.codec.identity
     assert index["data_hash"] == data_hash(data, MODEL)
@@ -195,9 +196,8 @@ def test_conversations_split_at_turn_boundaries(tmp_path, frontend):
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))} | {
-        "rejects": (out / "rejects.jsonl").read_bytes()
-    }
+    """Every file prepare left in `out` (shards, index.json, rejects.jsonl: nothing else)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, tmp_path, frontend, monkeypatch):
@@ -211,8 +211,9 @@ def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, t
     def write_then_die(path, samples):
         if len(written) == 2:
             raise KeyboardInterrupt  # killed while encoding the third shard
-        real_write(path, samples)
+        result = real_write(path, samples)
         written.append(path.name)
+        return result
 
     monkeypatch.setattr(prepare_module, "write_shard", write_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -223,14 +224,15 @@ def test_a_killed_run_resumes_without_redoing_shards_and_ends_identical(clips, t
     written.clear()
 
     def write_and_note(path, samples):
-        real_write(path, samples)
+        result = real_write(path, samples)
         written.append(path.name)
+        return result
 
     monkeypatch.setattr(prepare_module, "write_shard", write_and_note)
     index = prepare(resumed, MODEL, console=QUIET, frontend=frontend)
     assert written == ["train-000002.tar", "val-000000.tar"]  # the first two were kept
     assert shard_bytes(resumed.out) == shard_bytes(whole.out)
-    assert len(shard_bytes(whole.out)) == 5  # 9 train + 3 val samples, 3 a shard, + rejects
+    assert len(shard_bytes(whole.out)) == 6  # 9 train + 3 val samples, 3 a shard, + rejects and index
     whole_index = json.loads((whole.out / "index.json").read_text())
     assert index["splits"] == whole_index["splits"] and index["summary"]["kept"] == whole_index["summary"]["kept"]
 
@@ -321,3 +323,25 @@ def test_prepare_command(clips, tmp_path, frontend, monkeypatch):
     changed = runner.invoke(cli, ["prepare", str(recipe), "data.seed=3"])
     assert changed.exit_code == 2
     assert "changed: seed" in changed.output and "--rebuild" in changed.output
+
+
+def test_malformed_metadata_lines_are_rejected_unless_most_are(tmp_path, frontend):
+    root = tmp_path / "set"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        tone(root / f"{name}.wav", 0.2)
+    tone(root / "blip.wav", 0.001)  # 1 ms: a clip, yet nothing to learn from
+    good = [json.dumps({"text": f"Clip {n}.", "path": f"{n}.wav"}) for n in ("a", "b", "c", "blip")]
+    meta = root / "meta.jsonl"
+    meta.write_text("\n".join([good[0], '{"text": "cut short", "path": ', *good[1:]]) + "\n", "utf-8")
+    index = prepare(json_data(meta, tmp_path / "out"), MODEL, console=QUIET, frontend=frontend)
+    assert index["summary"]["kept"]["train"] == 3
+    assert index["summary"]["rejected_by_reason"] == {"malformed": 1, "too short": 1}
+    malformed, blip = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert malformed["source"] == f"{meta}:2" and malformed["detail"].startswith(f"{meta}:2: invalid JSON")
+    assert "blip.wav: 0.001 s, shorter than data.min_clip_seconds=0.16" in blip["detail"]
+
+    meta.write_text("\n".join([good[0], "a|b|c", "d|e|f"]) + "\n", "utf-8")  # the wrong layout altogether
+    with pytest.raises(CsmAdaptError, match=r"2 of 3 metadata records are malformed.*max_malformed_share=0.25"):
+        prepare(json_data(meta, tmp_path / "out2"), MODEL, console=QUIET, frontend=frontend)
+    assert not (tmp_path / "out2" / "index.json").exists()

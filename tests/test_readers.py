@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ import pytest
 
 from csm_adapt.config.structure import from_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
-from csm_adapt.plugin_api import Turn
+from csm_adapt.plugin_api import Malformed, Sample, Turn
 from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
 from csm_adapt_plugins.conversation_reader import ConversationOptions, ConversationReader
@@ -22,6 +23,15 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def one_malformed(reader) -> str:
+    """The detail of the one record `reader` rejects; every other record is still read."""
+    items = list(reader.read())
+    bad = [item for item in items if isinstance(item, Malformed)]
+    assert len(bad) == 1 and all(isinstance(item, Sample) for item in items if item not in bad), items
+    assert bad[0].detail.startswith(bad[0].source)
+    return bad[0].detail
 
 
 def test_builtin_readers_register_through_their_entry_points():
@@ -41,7 +51,7 @@ def test_json_lines_resolve_paths_and_keep_missing_fields_none(tmp_path):
         '{"text": "NA", "path": "/abs/b.flac", "start": 1, "end": 2.5, "speaker": 3, "duration": 9}\n'
         '{"text": "Oui", "path": "sub/c.wav", "start": null, "speaker": null, "id": "custom"}\n',
     )
-    samples = list(JsonReader(JsonOptions(path=meta)).read())
+    samples = list(JsonReader(JsonOptions(path=meta, absolute_paths=True)).read())
     assert [s.turns for s in samples] == [
         (Turn(None, "Bonjour.", tmp_path / "meta" / "a.wav"),),
         (Turn(3, "NA", Path("/abs/b.flac"), start=1.0, end=2.5),),
@@ -74,10 +84,11 @@ def test_json_list_gives_each_item_its_line(tmp_path):
     ],
 )
 def test_json_bad_lines_name_file_line_and_key(tmp_path, line, message):
-    meta = write(tmp_path / "m.jsonl", '{"text": "ok", "path": "a.wav"}\n' + line + "\n")
-    with pytest.raises(CsmAdaptError, match=message) as err:
-        list(JsonReader(JsonOptions(path=meta)).read())
-    assert str(meta) in str(err.value)
+    meta = write(
+        tmp_path / "m.jsonl", '{"text": "ok", "path": "a.wav"}\n' + line + '\n{"text": "b", "path": "b.wav"}\n'
+    )
+    detail = one_malformed(JsonReader(JsonOptions(path=meta)))
+    assert re.search(message, detail) and str(meta) in detail
 
 
 def test_json_list_syntax_error_names_its_line(tmp_path):
@@ -145,15 +156,14 @@ def test_ljspeech_options_give_speakers_one_way_only():
 )
 def test_ljspeech_bad_rows_name_file_and_line(tmp_path, line, columns, message):
     write(tmp_path / "metadata.csv", "ok|1|Bien.\n" + line)
-    with pytest.raises(CsmAdaptError, match=message):
-        list(LJSpeechReader(LJSpeechOptions(root=tmp_path, columns=columns)).read())
+    assert re.search(message, one_malformed(LJSpeechReader(LJSpeechOptions(root=tmp_path, columns=columns))))
 
 
 def test_ljspeech_clip_missing_from_speakers_file(tmp_path):
     write(tmp_path / "metadata.csv", "a|Salut.\nb|Oui.\n")
     speakers = write(tmp_path / "speakers.json", '{"a": 0}')
-    with pytest.raises(CsmAdaptError, match=r"metadata.csv:2: clip 'b' is not in .*speakers.json"):
-        list(LJSpeechReader(LJSpeechOptions(root=tmp_path, speakers=speakers)).read())
+    detail = one_malformed(LJSpeechReader(LJSpeechOptions(root=tmp_path, speakers=speakers)))
+    assert re.search(r"metadata.csv:2: clip 'b' is not in .*speakers.json", detail)
 
 
 def test_ljspeech_reads_the_shipped_demo_set():
@@ -215,5 +225,71 @@ def test_conversation_options_need_target_speakers_exactly_with_speakers_mode():
 )
 def test_conversation_bad_records_name_line_turn_and_key(tmp_path, dialogue, message):
     meta = write(tmp_path / "d.jsonl", json.dumps(dialogue) + "\n")
-    with pytest.raises(CsmAdaptError, match=message):
-        list(ConversationReader(ConversationOptions(path=meta)).read())
+    assert re.search(message, one_malformed(ConversationReader(ConversationOptions(path=meta))))
+
+
+# --- encodings and paths (every built-in reader) ------------------------------------------------
+
+READERS = {
+    "json": (lambda root: JsonReader(JsonOptions(path=root / "m.jsonl")), '{{"text": "{text}", "path": "{path}"}}'),
+    "conversation": (
+        lambda root: ConversationReader(ConversationOptions(path=root / "m.jsonl")),
+        '{{"id": "{path}", "turns": [{{"text": "{text}", "path": "{path}"}}]}}',
+    ),
+    "ljspeech": (lambda root: LJSpeechReader(LJSpeechOptions(root=root)), "{id}|{text}"),
+}
+
+
+def metadata(kind: str, root: Path, rows: list[tuple[str, str]], encoding="utf-8", bom=False) -> Path:
+    make, template = READERS[kind]
+    name = "metadata.csv" if kind == "ljspeech" else "m.jsonl"
+    lines = [template.format(text=text, path=f"{clip}.wav", id=clip) for clip, text in rows]
+    (root / name).write_bytes((b"\xef\xbb\xbf" if bom else b"") + "\n".join(lines).encode(encoding) + b"\n")
+    return root / name
+
+
+@pytest.mark.parametrize("kind", READERS)
+def test_a_utf8_bom_does_not_lose_the_first_record(tmp_path, kind):
+    metadata(kind, tmp_path, [("good_01", "Un."), ("good_02", "Deux.")], bom=True)
+    samples = list(READERS[kind][0](tmp_path).read())
+    assert [s.turns[0].audio.name for s in samples] == ["good_01.wav", "good_02.wav"]
+    assert all(isinstance(s, Sample) and "\ufeff" not in s.id for s in samples)
+
+
+@pytest.mark.parametrize("kind", READERS)
+def test_non_utf8_metadata_stops_with_line_column_and_the_encoding_option(tmp_path, kind):
+    meta = metadata(kind, tmp_path, [("a", "Un."), ("b", "Voilà l'été.")], encoding="latin-1")
+    with pytest.raises(CsmAdaptError) as err:
+        list(READERS[kind][0](tmp_path).read())
+    column = meta.read_bytes().split(b"\n")[1].index(b"\xe0") + 1
+    assert str(err.value) == (
+        f"{meta}:2: not UTF-8 (byte 0xe0 at column {column}); convert it or set the reader's encoding option "
+        '(data.reader.encoding, e.g. "latin-1")'
+    )
+    options = {"ljspeech": LJSpeechOptions(root=tmp_path, encoding="latin-1")}.get(kind)
+    if kind == "json":
+        options = JsonOptions(path=meta, encoding="latin-1")
+    if kind == "conversation":
+        options = ConversationOptions(path=meta, encoding="latin-1")
+    reader = {"json": JsonReader, "conversation": ConversationReader, "ljspeech": LJSpeechReader}[kind](options)
+    assert [s.turns[0].text for s in reader.read()] == ["Un.", "Voilà l'été."]
+    with pytest.raises(ConfigError, match="data.reader.encoding: unknown encoding 'klingon'"):
+        from_dict(LJSpeechOptions, {"root": str(tmp_path), "encoding": "klingon"}, "data.reader")
+
+
+@pytest.mark.parametrize("kind", READERS)
+def test_clip_paths_outside_the_dataset_folder_are_rejected(tmp_path, kind):
+    root = tmp_path / "set"
+    root.mkdir()
+    metadata(kind, root, [("ok", "Un."), ("../../secret", "Deux."), ("sub/x", "Trois.")])
+    detail = one_malformed(READERS[kind][0](root))
+    assert "'../../secret.wav' leads outside the dataset folder" in detail and "refused" in detail
+    if kind != "ljspeech":
+        assert "absolute_paths = true" in detail
+
+
+def test_absolute_paths_need_the_option(tmp_path):
+    meta = write(tmp_path / "m.jsonl", '{"text": "x", "path": "/etc/passwd"}\n{"text": "y", "path": "y.wav"}\n')
+    assert "absolute audio path '/etc/passwd' refused" in one_malformed(JsonReader(JsonOptions(path=meta)))
+    samples = list(JsonReader(JsonOptions(path=meta, absolute_paths=True)).read())
+    assert [s.turns[0].audio for s in samples] == [Path("/etc/passwd"), tmp_path / "y.wav"]

@@ -206,6 +206,9 @@ def test_bad_overrides(override, message):
         ("model.checkpoint=./missing", 'model.checkpoint: "./missing" is neither an existing path, a hub id'),
         ("data.val_fraction=1.5", "data.val_fraction: must be in \\[0, 1\\), got 1.5"),
         ("plugins=3", "plugins: expected an array, got int 3"),
+        ("train.rows_per_micro_batch=999999", r"train.rows_per_micro_batch: 999999 is larger than train.rows_per_"),
+        ('data.on_corrupt="ignore"', r"data.on_corrupt: expected one of"),
+        ("data.min_clip_seconds=-1", r"data.min_clip_seconds: must be >= 0, got -1"),
     ],
 )
 def test_bad_recipe_errors_name_the_file_and_key(recipe_path, override, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,12 +14,13 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from rich.console import Console
 
 from csm_adapt.cli import cli
 from csm_adapt.config import toml_io
 from csm_adapt.config.recipe import load_recipe
 from csm_adapt.data.prepare import prepare
-from csm_adapt.errors import ConfigError
+from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.sweep.launcher import plan_slots
 from csm_adapt.sweep.report import BEST, PLOTS, TENSORBOARD, TRIALS_CSV
 from csm_adapt.sweep.runner import run_sweep, study_name, sweep_dir
@@ -256,3 +258,18 @@ def test_workers_share_a_study_in_postgresql(recipe_path, postgres_url):
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     assert not (sweep_dir(recipe) / "journal.log").exists()
     assert load_recipe(sweep_dir(recipe) / BEST).train.lr == study.best_params["train.lr"]
+
+
+def test_a_sweep_directory_in_use_is_refused_naming_the_holder(recipe_path):
+    out = sweep_dir(load_recipe(recipe_path))
+    hold = "import sys, time\nfrom csm_adapt.files import DirLock\nDirLock(sys.argv[1], 'x').acquire()\nprint('held')"
+    hold += "\nsys.stdout.flush()\ntime.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CsmAdaptError, match=rf"is in use by another csm-adapt sweep \(PID {holder.pid}\)"):
+            run_sweep(recipe_path, [], trials=1, workers=1, console=Console(quiet=True))
+        assert not (out / "journal.log").exists()  # refused before the study was opened
+    finally:
+        holder.kill()
+        holder.wait()

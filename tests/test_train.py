@@ -16,6 +16,7 @@ from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.model.checkpoint import load_model
 from csm_adapt.training.loop import train
+from csm_adapt.training.run_checkpoints import load_trainer_state
 
 REPO = Path(__file__).parents[1]
 DEMO = REPO / "recipes" / "demo_data"
@@ -143,7 +144,7 @@ def write_recipe(directory: Path, dataset: Path, *, run_dir: Path, strategy="ful
 
 
 def metrics(run_dir: Path, key: str) -> dict[int, float]:
-    """The last value logged for `key` at each step (a resumed run logs some steps twice)."""
+    """The value logged for `key` at each step."""
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -212,6 +213,17 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, dataset):
         assert torch.equal(x, y), name
     assert metrics(whole_dir, "train/loss") == metrics(killed_dir, "train/loss")
     assert metrics(whole_dir, "val/loss") == metrics(killed_dir, "val/loss")
+    # metrics.jsonl itself, record for record: each step once (the killed run's steps 5-6 were dropped).
+    assert jsonl_records(killed_dir) == jsonl_records(whole_dir)
+    # The saved RNG state too: a resume costs no draw.
+    a, b = (load_trainer_state(d / "checkpoints" / "step-000008") for d in (whole_dir, killed_dir))
+    assert torch.equal(a["rng_cpu"], b["rng_cpu"])
+
+
+def jsonl_records(run_dir: Path) -> list[tuple]:
+    """metrics.jsonl without wall-clock times and rates: (step, name, value) per line, in order."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["name"], r["value"]) for r in map(json.loads, lines) if not r["name"].endswith("_per_s")]
 
 
 def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path, dataset):
@@ -219,6 +231,52 @@ def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path, dataset
     train(recipe)
     with pytest.raises(CsmAdaptError, match="already holds a run.*--resume"):
         train(recipe)
+
+
+HOLD_LOCK = """
+import sys, time
+from csm_adapt.files import DirLock
+DirLock(sys.argv[1], "csm-adapt run").acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_holder_and_freed_by_its_death(tmp_path, dataset):
+    run_dir, recipe = run_recipe(tmp_path, dataset)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CsmAdaptError, match=rf"{run_dir} is in use by another csm-adapt run \(PID {holder.pid}\)"):
+            train(recipe)
+        result = CliRunner().invoke(cli, ["run", str(tmp_path / "recipe.toml")])
+        assert result.exit_code != 0 and f"PID {holder.pid}" in result.output
+        assert not (run_dir / "recipe.toml").exists() and not (run_dir / "metrics.jsonl").exists()
+    finally:
+        holder.kill()  # like a crash: the kernel drops its lock
+        holder.wait()
+    from csm_adapt.files import DirLock
+
+    with DirLock(run_dir, "test"):
+        pass
+    assert not (run_dir / ".lock").exists()
+
+
+def test_a_refused_run_writes_nothing(tmp_path, dataset):
+    run_dir, _ = run_recipe(tmp_path, dataset)
+    (run_dir / "checkpoints" / "step-000004").mkdir(parents=True)
+    (run_dir / "recipe.toml").write_text("# the earlier run's recipe\n")
+    before = sorted((p.relative_to(run_dir), p.read_bytes() if p.is_file() else None) for p in run_dir.rglob("*"))
+    for args in ([], ["train.lr=1.0"]):
+        result = CliRunner().invoke(cli, ["run", str(tmp_path / "recipe.toml"), *args])
+        assert result.exit_code != 0 and "already holds a run" in result.output
+    after = sorted((p.relative_to(run_dir), p.read_bytes() if p.is_file() else None) for p in run_dir.rglob("*"))
+    assert after == before
+
+    empty_dir, _ = run_recipe(tmp_path / "empty", dataset)
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "empty" / "recipe.toml"), "--resume"])
+    assert result.exit_code != 0 and "no complete checkpoint" in result.output
+    assert not empty_dir.exists() or not any(empty_dir.iterdir())
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, dataset):

@@ -23,22 +23,24 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
     from csm_adapt.config.recipe import load_recipe, print_recipe, save_recipe
     from csm_adapt.data.prepare import prepare
     from csm_adapt.training.distributed import barrier, init_distributed, pick_device, shutdown
-    from csm_adapt.training.loop import train
+    from csm_adapt.training.loop import claim_run_dir, train
 
     resolved = load_recipe(recipe, overrides)
     console = Console()
     d = init_distributed(pick_device(resolved.train.device, int(os.environ.get("LOCAL_RANK", "0"))))
     main = d.is_main
-    if main:
-        print_recipe(resolved, console)
-        console.print(f"resolved recipe saved to {save_recipe(resolved)}")
-        # Rank 0 prepares (or checks) the shards while the other ranks wait.
-        prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console)
-    barrier(d)
-    try:
-        final = train(resolved, resume=resume)
-    finally:
-        shutdown(d)
+    # Nothing is written to the run directory before every refusal check has passed.
+    with claim_run_dir(resolved.output.run_dir, resume):
+        if main:
+            print_recipe(resolved, console)
+            console.print(f"resolved recipe saved to {save_recipe(resolved)}")
+            # Rank 0 prepares (or checks) the shards while the other ranks wait.
+            prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console)
+        barrier(d)
+        try:
+            final = train(resolved, resume=resume)
+        finally:
+            shutdown(d)
     if main:
         run_dir = resolved.output.run_dir
         console.print(f"[green]done.[/] final model: {final}")

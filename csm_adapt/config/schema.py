@@ -25,6 +25,20 @@ def _positive(instance, attribute, value) -> None:
         raise ValueError(f"must be > 0, got {value}", attribute)
 
 
+def _not_above_rows_per_step(instance, attribute, value) -> None:
+    if value > instance.rows_per_step:
+        raise ValueError(
+            f"{value} is larger than train.rows_per_step={instance.rows_per_step} (the rows of a whole optimizer "
+            "step, over all ranks): lower it, or raise rows_per_step",
+            attribute,
+        )
+
+
+def _non_negative(instance, attribute, value) -> None:
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}", attribute)
+
+
 def _fraction(instance, attribute, value) -> None:
     if not 0 <= value < 1:
         raise ValueError(f"must be in [0, 1), got {value}", attribute)
@@ -94,6 +108,13 @@ class DataConfig:
     shard_samples: int = attrs.field(default=1000, validator=_positive)  # reader samples per shard
     # Mimi encodes several clips per call: at most this much audio, counting padding to the longest.
     encode_batch_seconds: float = attrs.field(default=120.0, validator=_positive)
+    # A shard that does not match index.json: "stop" the run (naming it), or "skip" it (counted, logged).
+    on_corrupt: Literal["stop", "skip"] = "stop"
+    # Malformed metadata records are rejected one by one; more than this share of them means the
+    # reader was given the wrong layout, and prepare stops.
+    max_malformed_share: float = attrs.field(default=0.25, validator=_fraction)
+    # Clips shorter than this (seconds; 0.16 s is two codec frames) are rejected as "too short".
+    min_clip_seconds: float = attrs.field(default=0.16, validator=_non_negative)
 
 
 def _in(*choices: str):
@@ -110,7 +131,7 @@ class TrainConfig:
     # Token budget: rows (sequence positions) per optimizer step over all ranks, and per forward
     # pass on one rank; gradient accumulation covers the difference.
     rows_per_step: int = attrs.field(default=16_384, validator=_positive)
-    rows_per_micro_batch: int = attrs.field(default=4096, validator=_positive)
+    rows_per_micro_batch: int = attrs.field(default=4096, validator=[_positive, _not_above_rows_per_step])
     lr: float = attrs.field(default=3e-5, validator=_positive)
     weight_decay: float = 0.002
     beta1: float = 0.9  # AdamW betas

@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 import torch
 
+from csm_adapt.data import format as fmt
 from csm_adapt.model.rows import audio_rows, text_rows
 
 
@@ -28,28 +29,30 @@ class SampleRows:
 
 
 def sample_rows(codes: np.ndarray, text: np.ndarray, meta: dict) -> SampleRows:
-    """Rows of one prepared sample (DATA.md): per turn, its text rows, audio rows and EOS frame.
+    """Rows of one prepared sample (docs/data-format.md): per turn, its text rows, audio rows and EOS frame.
 
     codes [K, F] and text [T] hold all turns concatenated; meta["turns"] says where each turn ends.
     Targets: the audio rows and EOS frame of turns with target=True; context turns are only read.
     Raises ValueError when the arrays and the turn lengths disagree (the caller names the shard).
     """
-    turns = meta["turns"]
-    if sum(t["text_tokens"] for t in turns) != len(text) or sum(t["frames"] for t in turns) != codes.shape[1]:
+    turns = meta[fmt.META_TURNS]
+    text_tokens = sum(t[fmt.TURN_TEXT_TOKENS] for t in turns)
+    frames = sum(t[fmt.TURN_FRAMES] for t in turns)
+    if text_tokens != len(text) or frames != codes.shape[1]:
         raise ValueError(
-            f"turn lengths (text {sum(t['text_tokens'] for t in turns)}, frames {sum(t['frames'] for t in turns)})"
+            f"turn lengths (text {text_tokens}, frames {frames})"
             f" do not match the arrays (text {len(text)}, frames {codes.shape[1]})"
         )
     codes_t, text_t = torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(text.astype(np.int64))
     tokens, masks, targets = [], [], []
     t0 = f0 = 0
     for turn in turns:
-        nt, nf = turn["text_tokens"], turn["frames"]
+        nt, nf = turn[fmt.TURN_TEXT_TOKENS], turn[fmt.TURN_FRAMES]
         tt, tm = text_rows(text_t[t0 : t0 + nt].tolist(), codes.shape[0])
         at, am = audio_rows(codes_t[:, f0 : f0 + nf])
         tokens += [tt, at]
         masks += [tm, am]
-        targets += [torch.zeros(nt, dtype=torch.bool), torch.full((nf + 1,), bool(turn["target"]))]
+        targets += [torch.zeros(nt, dtype=torch.bool), torch.full((nf + 1,), bool(turn[fmt.TURN_TARGET]))]
         t0, f0 = t0 + nt, f0 + nf
     target_mask = torch.cat(targets)
     target_mask[0] = False  # row 0 has no previous state to predict it from

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from csm_adapt.audio_io import is_silent, load_audio
+from csm_adapt.data import format as fmt
 from csm_adapt.data.shard_writer import PreparedSample
 from csm_adapt.errors import AudioError
 from csm_adapt.model.audio_codec import AudioCodec
@@ -61,7 +62,7 @@ class _Clip:
 
     @property
     def rows(self) -> int:
-        return len(self.tokens) + self.frames + 1  # + the EOS frame
+        return fmt.turn_rows(len(self.tokens), self.frames)
 
 
 @attrs.define
@@ -79,6 +80,7 @@ def encode_shard(
     *,
     max_rows: int,
     batch_seconds: float,
+    min_seconds: float = 0.0,
     advance: Callable[[int], None] = lambda n: None,
 ) -> ShardResult:
     """Prepared samples and rejects of `samples`, in reading order; `advance(n)` reports progress."""
@@ -87,7 +89,7 @@ def encode_shard(
     pending: list[tuple[str, Sample, list[_Clip]]] = []  # pieces waiting for their codes
     pending_samples = 0
     for sample in samples:
-        pieces, reject = _decode(sample, frontend, max_rows)
+        pieces, reject = _decode(sample, frontend, max_rows, min_seconds)
         if reject is not None:
             result.rejects.append(reject)
             advance(1)
@@ -111,7 +113,9 @@ def encode_shard(
     return result
 
 
-def _decode(sample: Sample, frontend: Frontend, max_rows: int) -> tuple[list[tuple[str, list[_Clip]]], Reject | None]:
+def _decode(
+    sample: Sample, frontend: Frontend, max_rows: int, min_seconds: float = 0.0
+) -> tuple[list[tuple[str, list[_Clip]]], Reject | None]:
     """The sample's pieces (id, decoded turns), or why it is rejected."""
     clips = []
     for turn in sample.turns:
@@ -123,6 +127,10 @@ def _decode(sample: Sample, frontend: Frontend, max_rows: int) -> tuple[list[tup
             return [], _reject(sample, turn, e.reason, str(e))
         if is_silent(wav):
             return [], _reject(sample, turn, "silent", f"{turn.audio}: silent (peak below -60 dBFS)")
+        seconds = wav.shape[-1] / frontend.codec.sample_rate
+        if seconds < min_seconds:
+            detail = f"{turn.audio}: {seconds:.3f} s, shorter than data.min_clip_seconds={min_seconds:g}"
+            return [], _reject(sample, turn, "too short", detail)
         tokens = frontend.tokenizer.encode(turn.text, turn.speaker)
         frames = math.ceil(wav.shape[-1] / frontend.codec.samples_per_frame)
         clip = _Clip(turn, tokens, wav, frames, wav.shape[-1] / frontend.codec.sample_rate)
@@ -180,18 +188,23 @@ def _batches(clips: list[_Clip], batch_seconds: float) -> list[list[_Clip]]:
 def _prepared(piece_id: str, sample: Sample, clips: list[_Clip]) -> PreparedSample:
     turns = [
         {
-            "speaker": clip.turn.speaker,
-            "text": clip.turn.text,
-            "text_tokens": len(clip.tokens),
-            "frames": clip.frames,
-            "target": clip.turn.target,
-            "audio": str(clip.turn.audio),
-            "start": clip.turn.start,
-            "end": clip.turn.end,
+            fmt.TURN_SPEAKER: clip.turn.speaker,
+            fmt.TURN_TEXT: clip.turn.text,
+            fmt.TURN_TEXT_TOKENS: len(clip.tokens),
+            fmt.TURN_FRAMES: clip.frames,
+            fmt.TURN_TARGET: clip.turn.target,
+            fmt.TURN_AUDIO: str(clip.turn.audio),
+            fmt.TURN_START: clip.turn.start,
+            fmt.TURN_END: clip.turn.end,
         }
         for clip in clips
     ]
-    meta = {"id": piece_id, "source": sample.source, "turns": turns, "rows": sum(clip.rows for clip in clips)}
+    meta = {
+        fmt.META_ID: piece_id,
+        fmt.META_SOURCE: sample.source,
+        fmt.META_TURNS: turns,
+        fmt.META_ROWS: sum(clip.rows for clip in clips),
+    }
     codes = np.concatenate([clip.codes.numpy().astype(np.int16) for clip in clips], axis=1)
     text = np.concatenate([np.asarray(clip.tokens, dtype=np.int32) for clip in clips])
     return PreparedSample(piece_id, codes, text, meta)

@@ -1,4 +1,4 @@
-"""Streams prepared shards (format: DATA.md) as packed batches within a row budget.
+"""Streams prepared shards (format: docs/data-format.md) as packed batches within a row budget.
 
 Training (`TrainLoader`): the shard order is reshuffled every epoch from (seed, epoch), samples go
 through a seeded shuffle buffer, and epochs repeat forever (the trainer counts steps, so a rank
@@ -16,60 +16,100 @@ seed. A consequence: each worker runs its own epochs, and the state to resume fr
 
 Validation (`ValLoader`): the whole val split, in order, unshuffled, read fully by every rank, so
 every rank computes the same validation loss without any communication.
+
+Nothing is read silently wrong: shard sizes are checked against index.json before training starts
+(a stat per shard), and each shard is read whole and checked against its sha256 and sample count
+before any of its samples is used (its cost: benchmarks/RESULTS.md, "Shard verification").
+A damaged shard stops the run, naming the shard and how to rebuild it, or, with
+`on_corrupt="skip"` (`data.on_corrupt`), is left out, counted and reported. Decoded samples are
+checked for shapes and code ranges, so a bad sample is named instead of failing deep in the loss.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
 import random
+import sys
+import tarfile
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import numpy as np
+import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from csm_adapt.data import format as fmt
 from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
+from csm_adapt.data.format import read_index
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
 
-INDEX_VERSION = 1
-MEMBERS = ("codes.npy", "text.npy", "json")
+OnCorrupt = Literal["stop", "skip"]
 
 
-def read_index(data_dir: Path) -> dict:
-    path = Path(data_dir) / "index.json"
-    if not path.is_file():
-        raise CsmAdaptError(f"{path}: not found; run `csm-adapt prepare` first")
-    index = json.loads(path.read_text("utf-8"))
-    if index.get("version") != INDEX_VERSION:
-        raise CsmAdaptError(f"{path}: version {index.get('version')!r}, this csm-adapt reads {INDEX_VERSION}")
-    return index
+class ShardError(CsmAdaptError):
+    """A shard that does not match index.json (truncated, corrupted or replaced)."""
+
+
+def _damaged(path: Path, why: str) -> ShardError:
+    return ShardError(
+        f"{path}: damaged shard ({why}). Rebuild the data with `csm-adapt prepare RECIPE --rebuild`, "
+        'or set data.on_corrupt = "skip" to train without this shard'
+    )
+
+
+def _report_skip(error: ShardError, skipped: set[str]) -> None:
+    """Log a shard left out under on_corrupt="skip" (once per process and shard) and count it."""
+    if str(error) not in skipped:
+        skipped.add(str(error))
+        print(f'warning: skipping ({len(skipped)} so far, data.on_corrupt = "skip"): {error}', file=sys.stderr)
+
+
+@attrs.frozen
+class _Shard:
+    path: Path
+    entry: fmt.ShardEntry
 
 
 @attrs.frozen
 class _Split:
-    """The non-empty shards of one split, from index.json."""
+    """The non-empty shards of one split, from index.json, checked for presence and size."""
 
-    paths: tuple[str, ...]
+    shards: tuple[_Shard, ...]
     num_samples: int
     longest: int  # rows of the longest sample
+    on_corrupt: OnCorrupt
 
     @classmethod
-    def read(cls, data_dir: Path, split: str) -> _Split:
-        shards = read_index(data_dir)["splits"].get(split, {}).get("shards", [])
-        shards = [s for s in shards if s["samples"] > 0]
+    def read(cls, data_dir: Path, split: str, on_corrupt: OnCorrupt = "stop") -> _Split:
+        entries = [s for s in read_index(data_dir).split(split).shards if s.samples > 0]
+        shards, skipped = [], set()
+        for entry in entries:
+            shard = _Shard(Path(data_dir) / entry.name, entry)
+            try:
+                _check_size(shard)
+            except ShardError as e:
+                if on_corrupt == "stop":
+                    raise
+                _report_skip(e, skipped)
+                continue
+            shards.append(shard)
         if not shards:
-            raise CsmAdaptError(f"{Path(data_dir) / 'index.json'}: split {split!r} has no samples")
+            what = "no undamaged samples" if entries else "no samples"
+            raise CsmAdaptError(f"{fmt.index_path(data_dir)}: split {split!r} has {what}")
         return cls(
-            paths=tuple(str(Path(data_dir) / s["name"]) for s in shards),
-            num_samples=sum(s["samples"] for s in shards),
-            longest=max(max(s["rows"]) for s in shards),
+            shards=tuple(shards),
+            num_samples=sum(s.entry.samples for s in shards),
+            longest=max(max(s.entry.rows) for s in shards),
+            on_corrupt=on_corrupt,
         )
 
     def check_fits(self, packer: Packer) -> None:
@@ -77,6 +117,75 @@ class _Split:
         if self.longest > packer.max_rows:
             raise CsmAdaptError(
                 f"the prepared data hold samples of {self.longest} rows, longer than max_rows={packer.max_rows}"
+            )
+
+
+def _check_size(shard: _Shard) -> None:
+    try:
+        size = shard.path.stat().st_size
+    except FileNotFoundError:
+        raise _damaged(shard.path, "missing") from None
+    if size != shard.entry.bytes:
+        raise _damaged(shard.path, f"{size} bytes, index.json says {shard.entry.bytes}")
+
+
+def _shard_members(shard: _Shard) -> list[dict]:
+    """The shard's samples as {member: bytes, "__key__", "__url__"}, once its bytes are verified."""
+    data = shard.path.read_bytes() if shard.path.is_file() else b""
+    _check_size(shard)
+    if hashlib.sha256(data).hexdigest() != shard.entry.sha256:
+        raise _damaged(shard.path, "its sha256 differs from index.json")
+    samples: dict[str, dict] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                sample = samples.setdefault(key, {"__key__": key, "__url__": str(shard.path)})
+                sample[ext] = tar.extractfile(member).read()
+    except tarfile.TarError as e:
+        raise _damaged(shard.path, f"not a readable tar: {e}") from None
+    if len(samples) != shard.entry.samples:
+        raise _damaged(shard.path, f"{len(samples)} samples, index.json says {shard.entry.samples}")
+    return list(samples.values())
+
+
+def _verified_samples(shards: Iterable[_Shard], on_corrupt: OnCorrupt) -> Iterator[dict]:
+    skipped: set[str] = set()
+    for shard in shards:
+        try:
+            members = _shard_members(shard)
+        except ShardError as e:
+            if on_corrupt == "stop":
+                raise
+            _report_skip(e, skipped)
+            continue
+        yield from members
+
+
+@attrs.frozen
+class SampleLimits:
+    """What a decoded sample's arrays must satisfy (the model's vocabularies)."""
+
+    text_vocab_size: int | None = None  # None: any non-negative id
+    num_codebooks: int = fmt.NUM_CODEBOOKS
+    codebook_size: int = fmt.CODEBOOK_SIZE
+
+    def check(self, codes: np.ndarray, text: np.ndarray) -> None:
+        """Raises ValueError naming what is wrong."""
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks or codes.dtype != np.int16:
+            raise ValueError(f"codes are {codes.dtype} {list(codes.shape)}, expected int16 [{self.num_codebooks}, F]")
+        if text.ndim != 1 or text.dtype != np.int32:
+            raise ValueError(f"text ids are {text.dtype} {list(text.shape)}, expected int32 [T]")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(
+                f"codes out of range [{codes.min()}, {codes.max()}], expected [0, {self.codebook_size - 1}]"
+            )
+        top = self.text_vocab_size
+        if text.size and (text.min() < 0 or (top is not None and text.max() >= top)):
+            raise ValueError(
+                f"text ids out of range [{text.min()}, {text.max()}], expected [0, {top - 1 if top else 'inf'}]"
             )
 
 
@@ -91,14 +200,15 @@ class _Sample:
 
     @property
     def rows(self) -> int:
-        return self.meta["rows"]
+        return self.meta[fmt.META_ROWS]
 
-    def load(self) -> SampleRows:
+    def load(self, limits: SampleLimits) -> SampleRows:
         try:
             codes = np.load(io.BytesIO(self.codes), allow_pickle=False)
             text = np.load(io.BytesIO(self.text), allow_pickle=False)
+            limits.check(codes, text)
             rows = sample_rows(codes, text, self.meta)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise CsmAdaptError(f"{self.where}: {e}") from e
         if len(rows) != self.rows:
             raise CsmAdaptError(f"{self.where}: builds {len(rows)} rows, its json says {self.rows}")
@@ -107,17 +217,24 @@ class _Sample:
 
 def _parse(raw: dict, max_rows: int) -> _Sample:
     where = f"{raw['__url__']}: sample {raw['__key__']!r}"
-    missing = [m for m in MEMBERS if m not in raw]
+    missing = [m for m in fmt.MEMBERS if m not in raw]
     if missing:
         raise CsmAdaptError(f"{where}: missing member(s) {', '.join(missing)}")
-    sample = _Sample(where, json.loads(raw["json"].decode("utf-8")), raw["codes.npy"], raw["text.npy"])
+    try:
+        meta = json.loads(raw[fmt.META].decode("utf-8"))
+        rows = meta[fmt.META_ROWS]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CsmAdaptError(f"{where}: unreadable {fmt.META} member ({e!r})") from None
+    if not isinstance(rows, int) or rows < 1:
+        raise CsmAdaptError(f"{where}: {fmt.META_ROWS}={rows!r}, expected a positive integer")
+    sample = _Sample(where, meta, raw[fmt.CODES], raw[fmt.TEXT])
     if sample.rows > max_rows:
         raise CsmAdaptError(f"{where}: {sample.rows} rows, longer than max_rows={max_rows}")
     return sample
 
 
-def _read(paths: Iterable[str], *stages) -> Iterable[dict]:
-    return wds.DataPipeline(wds.SimpleShardList(list(paths)), wds.tarfile_to_samples(), *stages)
+def _read(shards: Iterable[_Shard], on_corrupt: OnCorrupt, *stages) -> Iterable[dict]:
+    return wds.DataPipeline(partial(iter, tuple(shards)), partial(_verified_samples, on_corrupt=on_corrupt), *stages)
 
 
 def _every(samples: Iterable[dict], step: int, offset: int) -> Iterator[dict]:
@@ -136,9 +253,9 @@ def _plans(samples: Iterable[_Sample], packer: Packer, buffer: int, rng: random.
             yield [[chunk[i] for i in seq] for seq in batch]
 
 
-def _collate(plan: list[list[_Sample]], packer: Packer) -> Batch:
-    rows = [[s.load() for s in seq] for seq in plan]
-    ids = [s.meta["id"] for seq in plan for s in seq]
+def _collate(plan: list[list[_Sample]], packer: Packer, limits: SampleLimits) -> Batch:
+    rows = [[s.load(limits) for s in seq] for seq in plan]
+    ids = [s.meta.get(fmt.META_ID, "?") for seq in plan for s in seq]
     return collate(rows, ids, packer.pad_multiple)
 
 
@@ -162,27 +279,46 @@ class LoaderState:
 class _TrainStream(IterableDataset):
     """Runs in each DataLoader worker: its slot's samples -> plans -> (position, Batch), forever."""
 
-    def __init__(self, split: _Split, packer: Packer, *, seed, shuffle_buffer, pack_buffer, rank, world_size):
-        self.split, self.packer, self.seed = split, packer, seed
+    def __init__(
+        self,
+        split: _Split,
+        packer: Packer,
+        limits: SampleLimits,
+        *,
+        seed,
+        shuffle_buffer,
+        pack_buffer,
+        rank,
+        world_size,
+    ):
+        self.split, self.packer, self.limits, self.seed = split, packer, limits, seed
         self.shuffle_buffer, self.pack_buffer = shuffle_buffer, pack_buffer
         self.rank, self.world_size = rank, world_size
         self.start = LoaderState.fresh(1)  # set by TrainLoader before the workers start
 
     def _samples(self, epoch: int, slot: int, slots: int, rng: random.Random) -> Iterable[_Sample]:
-        paths = list(self.split.paths)
-        random.Random(f"{self.seed}-{epoch}").shuffle(paths)  # the same order on every rank
-        if len(paths) >= slots:
-            paths, split = paths[slot::slots], []
+        shards = list(self.split.shards)
+        random.Random(f"{self.seed}-{epoch}").shuffle(shards)  # the same order on every rank
+        if len(shards) >= slots:
+            shards, split = shards[slot::slots], []
         else:
             split = [partial(_every, step=slots, offset=slot)]
         return _read(
-            paths,
+            shards,
+            self.split.on_corrupt,
             *split,
             wds.shuffle(self.shuffle_buffer, rng=rng),
             wds.map(partial(_parse, max_rows=self.packer.max_rows)),
         )
 
-    def __iter__(self) -> Iterator[tuple[tuple[int, int, int], Batch]]:
+    def __iter__(self) -> Iterator[tuple[tuple[int, int, int] | None, Batch | _Failure]]:
+        try:
+            yield from self._batches()
+        except CsmAdaptError as e:
+            # Handed to the main process as data: raised there as one line, not as a worker traceback.
+            yield None, _Failure(type(e), str(e))
+
+    def _batches(self) -> Iterator[tuple[tuple[int, int, int], Batch]]:
         info = get_worker_info()
         worker_id, workers = (info.id, info.num_workers) if info else (0, 1)
         # After a resume at step n the next batch is worker n % W's; the DataLoader always starts
@@ -196,8 +332,14 @@ class _TrainStream(IterableDataset):
                 _plans(self._samples(epoch, slot, slots, rng), self.packer, self.pack_buffer, rng)
             ):
                 if index >= skip:  # resuming: skipped batches are planned, never decoded
-                    yield (worker, epoch, index), _collate(plan, self.packer)
+                    yield (worker, epoch, index), _collate(plan, self.packer, self.limits)
             epoch, skip = epoch + 1, 0
+
+
+@attrs.frozen
+class _Failure:
+    error_type: type[CsmAdaptError]
+    message: str
 
 
 def _distributed() -> tuple[int, int]:
@@ -224,8 +366,10 @@ class TrainLoader:
         rank: int | None = None,
         world_size: int | None = None,
         pin_memory: bool = False,
+        limits: SampleLimits | None = None,
+        on_corrupt: OnCorrupt = "stop",
     ):
-        split = _Split.read(data_dir, "train")
+        split = _Split.read(data_dir, "train", on_corrupt)
         split.check_fits(packer)
         if rank is None or world_size is None:
             rank, world_size = _distributed()
@@ -237,7 +381,7 @@ class TrainLoader:
             )
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self._stream = _TrainStream(
-            split, packer, seed=seed, shuffle_buffer=shuffle_buffer, pack_buffer=pack_buffer,
+            split, packer, limits or SampleLimits(), seed=seed, shuffle_buffer=shuffle_buffer, pack_buffer=pack_buffer,
             rank=rank, world_size=world_size,
         )  # fmt: skip
         self.state = LoaderState.fresh(max(1, num_workers))
@@ -256,21 +400,39 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._stream.start = self.state
-        loader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
-        for (worker, epoch, index), batch in loader:
-            self.state = self.state.advance(worker, epoch, index)
+        # A generator of its own: iter(DataLoader) draws a base seed from it, and drawing from torch's
+        # global RNG would make a resumed run's RNG state one draw off an uninterrupted run's (the
+        # batches do not depend on that seed: every worker seeds its own random.Random).
+        loader = DataLoader(
+            self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        for position, batch in loader:
+            if isinstance(batch, _Failure):
+                raise batch.error_type(batch.message)
+            self.state = self.state.advance(*position)
             yield batch
 
 
 class ValLoader:
     """The val split, once per iteration, in shard order: the same batches on every rank and call."""
 
-    def __init__(self, data_dir: Path, packer: Packer, *, pack_buffer: int = 512):
-        self.split = _Split.read(data_dir, "val")
+    def __init__(
+        self,
+        data_dir: Path,
+        packer: Packer,
+        *,
+        pack_buffer: int = 512,
+        limits: SampleLimits | None = None,
+        on_corrupt: OnCorrupt = "stop",
+    ):
+        self.split = _Split.read(data_dir, "val", on_corrupt)
         self.split.check_fits(packer)
-        self.packer, self.pack_buffer = packer, pack_buffer
+        self.packer, self.pack_buffer, self.limits = packer, pack_buffer, limits or SampleLimits()
 
     def __iter__(self) -> Iterator[Batch]:
-        samples = _read(self.split.paths, wds.map(partial(_parse, max_rows=self.packer.max_rows)))
+        samples = _read(
+            self.split.shards, self.split.on_corrupt, wds.map(partial(_parse, max_rows=self.packer.max_rows))
+        )
         for plan in _plans(samples, self.packer, self.pack_buffer, rng=None):
-            yield _collate(plan, self.packer)
+            yield _collate(plan, self.packer, self.limits)

@@ -1,10 +1,14 @@
-"""`prepare`: a recipe's dataset -> WebDataset shards, `index.json` and `rejects.jsonl` (DATA.md).
+"""`prepare`: a recipe's dataset -> WebDataset shards, `index.json` and `rejects.jsonl` (docs/data-format.md).
 
 Samples are read and split into train/val, and assigned to shards of `data.shard_samples` reader
 samples each, before any audio work. Each shard is then encoded and written on its own, followed by
 a small record (its stats and rejects) in `<out>/.progress/`. A killed run started again skips the
 shards that have a record, and ends with the same bytes as an uninterrupted run. `index.json` is
-written last: its presence means the data are complete.
+written last: its presence means the data are complete. Every file's bytes depend only on the
+data recipe and the input (timings are printed and returned, never stored).
+
+One `prepare` at a time per `data.out`: an OS lock on the folder refuses a second one (naming its
+PID); holding it, leftover temporary files of a killed run are deleted.
 
 The data-relevant part of the recipe (`data_recipe`) is hashed into index.json. A recipe whose data
 part changed is refused rather than mixed with old shards, unless `rebuild` is set.
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -28,16 +31,26 @@ from rich.table import Table
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
 from csm_adapt.config.structure import to_dict
 from csm_adapt.data.encode import Frontend, Reject, encode_shard
-from csm_adapt.data.shard_writer import sample_key, write_shard
+from csm_adapt.data.format import (
+    INDEX,
+    INDEX_VERSION,
+    NUM_CODEBOOKS,
+    REJECTS,
+    SPLITS,
+    Index,
+    ShardEntry,
+    SplitEntry,
+    dump_index,
+    sample_key,
+    shard_name,
+)
+from csm_adapt.data.shard_writer import write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Sample
+from csm_adapt.files import DirLock, remove_stale_temps, reported_writes, write_text_atomic
+from csm_adapt.plugin_api import Malformed, Sample
 
-INDEX_VERSION = 1
-INDEX = "index.json"
-REJECTS = "rejects.jsonl"
 PROGRESS = ".progress"  # per-shard records and the data recipe of an unfinished run
-SPLITS = ("train", "val")
 
 
 @attrs.frozen
@@ -65,6 +78,7 @@ def data_recipe(data: DataConfig, model: ModelConfig) -> dict:
         "seed": data.seed,
         "shard_samples": data.shard_samples,
         "max_rows": data.max_rows,
+        "min_clip_seconds": data.min_clip_seconds,
         "text_tokenizer": model.text_tokenizer,
         "audio_codec": model.audio_codec,
     }
@@ -89,46 +103,59 @@ def prepare(
     console: Console | None = None,
     frontend: Frontend | None = None,
 ) -> dict:
-    """Prepare `data.out` unless it is current; returns its index (the parsed index.json).
+    """Prepare `data.out` unless it is current; returns its index (the parsed index.json), plus
+    "timings" (processing seconds and rates, not stored) when this call encoded anything.
 
     Resumes an interrupted run of the same data recipe. Refuses (CsmAdaptError) to touch shards of
-    another data recipe unless `rebuild`, which deletes them first. `device` runs decoding,
-    resampling and Mimi (default: CUDA when present); `frontend` passes an already loaded tokenizer
-    and codec (they must be the ones `model` names).
+    another data recipe unless `rebuild`, which deletes them first, and to run while another
+    process prepares the same folder. `device` runs decoding, resampling and Mimi (default: CUDA
+    when present); `frontend` passes an already loaded tokenizer and codec (they must be the ones
+    `model` names).
     """
     console = console or Console()
     out, recipe, digest = data.out, data_recipe(data, model), data_hash(data, model)
-    if rebuild:
-        _clear(out)
-    else:
-        _refuse_other_recipe(out, recipe, digest)
-        if prepared_is_current(data, model):
-            console.print(f"[green]{out} is up to date[/] (data hash {digest})")
+    if not rebuild and prepared_is_current(data, model):  # read-only: needs no lock
+        console.print(f"[green]{out} is up to date[/] (data hash {digest})")
+        return _read_json(out / INDEX)
+    _refuse_other_recipe(out, recipe, digest, rebuild)
+    resume = f"csm-adapt prepare RECIPE (or `csm-adapt run RECIPE`) with data.out={out}"
+    with (
+        reported_writes(out, "The shards written so far are kept and will not be encoded again", resume),
+        DirLock(out, "csm-adapt prepare"),
+    ):
+        if rebuild:
+            _clear(out)
+        elif prepared_is_current(data, model):  # another process finished it while we waited
             return _read_json(out / INDEX)
-    progress_dir = out / PROGRESS
-    progress_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
+        progress_dir = out / PROGRESS
+        progress_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (out, progress_dir):
+            remove_stale_temps(directory)
+        _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
 
-    read_rejects, shards = _plan(data)
-    frontend = frontend or _load_frontend(model, device)
-    records = _encode_shards(shards, data, frontend, progress_dir, console)
-    index = _index(data, model, frontend, shards, records, read_rejects)
-    rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
-    _write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-    _write_json(out / INDEX, index)
-    shutil.rmtree(progress_dir)
-    _print_summary(index["summary"], out, console)
-    return index
+        read_rejects, shards = _plan(data)
+        frontend = frontend or _load_frontend(model, device)
+        records = _encode_shards(shards, data, frontend, progress_dir, console)
+        index = _index(data, model, frontend, shards, records, read_rejects)
+        rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
+        write_text_atomic(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+        write_text_atomic(out / INDEX, dump_index(index))
+        shutil.rmtree(progress_dir)
+    timings = _timings(records)
+    _print_summary(index.summary, timings, out, console)
+    return {**index.to_json(), "timings": timings}
 
 
 def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
-    """Read and split the samples and cut each split into shards; duplicate ids are rejected."""
-    samples = list(data.reader.create().read())
+    """Read and split the samples and cut each split into shards; duplicate ids and malformed
+    metadata records are rejected."""
+    rejects: list[Reject] = []
+    samples = _read_samples(data.reader, "data.reader", data.max_malformed_share, rejects)
     if data.val_reader is not None:
-        train, val = samples, list(data.val_reader.create().read())
+        train, val = samples, _read_samples(data.val_reader, "data.val_reader", data.max_malformed_share, rejects)
     else:
         train, val = split_samples(samples, data.val_fraction, data.val_by, data.seed)
-    rejects, seen = [], set()
+    seen = set()
     splits = {}
     for split, members in (("train", train), ("val", val)):
         kept = []
@@ -142,14 +169,36 @@ def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
                 kept.append(sample)
         splits[split] = kept
     if not splits["train"]:
-        raise CsmAdaptError(f"{data.out}: no training samples (the reader yielded {len(samples)} in all)")
+        malformed = [r for r in rejects if r.id == ""]  # malformed records have no id
+        why = f"; {len(malformed)} malformed record(s), the first: {malformed[0].detail}" if malformed else ""
+        raise CsmAdaptError(f"{data.out}: no training samples (the reader yielded {len(samples)} in all{why})")
     n = data.shard_samples
     shards = [
-        _Shard(split, f"{split}-{i // n:06d}.tar", tuple(kept[i : i + n]))
+        _Shard(split, shard_name(split, i // n), tuple(kept[i : i + n]))
         for split, kept in splits.items()
         for i in range(0, len(kept), n)
     ]
     return rejects, shards
+
+
+def _read_samples(ref: ReaderRef, key: str, max_share: float, rejects: list[Reject]) -> list[Sample]:
+    """A reader's samples; its malformed records go to `rejects`, unless they are so many that the
+    reader was clearly given the wrong layout."""
+    samples, malformed = [], []
+    for item in ref.create().read():
+        if isinstance(item, Malformed):
+            malformed.append(Reject("", item.source, "", item.reason, item.detail))
+        else:
+            samples.append(item)
+    total = len(samples) + len(malformed)
+    if malformed and len(malformed) > max_share * total:
+        raise CsmAdaptError(
+            f"{key} ({ref.name}): {len(malformed)} of {total} metadata records are malformed, more than "
+            f"data.max_malformed_share={max_share:g}: the metadata probably does not have the layout this "
+            f"reader expects (check its columns/format options). The first: {malformed[0].detail}"
+        )
+    rejects.extend(malformed)
+    return samples
 
 
 def _encode_shards(
@@ -176,12 +225,15 @@ def _encode_shards(
                     frontend,
                     max_rows=data.max_rows,
                     batch_seconds=data.encode_batch_seconds,
+                    min_seconds=data.min_clip_seconds,
                     advance=lambda n: progress.advance(task, n),
                 )
-                write_shard(data.out / shard.name, result.samples)
+                written = write_shard(data.out / shard.name, result.samples)
                 record = {
                     "name": shard.name,
                     "samples": len(result.samples),
+                    "bytes": written.bytes,
+                    "sha256": written.sha256,
                     "rows": [s.rows for s in result.samples],
                     "frames": sum(int(s.codes.shape[1]) for s in result.samples),
                     "seconds": round(result.seconds, 3),
@@ -214,43 +266,53 @@ def _index(
     shards: list[_Shard],
     records: list[dict],
     read_rejects: list[Reject],
-) -> dict:
-    splits = {split: {"shards": []} for split in SPLITS}
+) -> Index:
+    entries: dict[str, list[ShardEntry]] = {split: [] for split in SPLITS}
     for shard, record in zip(shards, records):
-        entry = {key: record[key] for key in ("name", "samples", "rows", "frames", "seconds")}
-        splits[shard.split]["shards"].append(entry)
+        fields = ("name", "samples", "rows", "frames", "seconds", "bytes", "sha256")
+        entries[shard.split].append(ShardEntry(**{key: record[key] for key in fields}))
+    splits = {split: SplitEntry(shards=tuple(found)) for split, found in entries.items()}
     rejects = [r.reason for r in read_rejects] + [r["reason"] for record in records for r in record["rejects"]]
-    clips = sum(record["clips"] for record in records)
-    elapsed = sum(record["elapsed"] for record in records)
     seconds = sum(record["seconds"] for record in records)
     summary = {
         "samples_read": sum(len(shard.samples) for shard in shards) + len(read_rejects),
-        "kept": {split: sum(s["samples"] for s in splits[split]["shards"]) for split in SPLITS},
+        "kept": {split: sum(s.samples for s in splits[split].shards) for split in SPLITS},
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(rejects).items())),
-        "clips": clips,
+        "clips": sum(record["clips"] for record in records),
         "hours": round(seconds / 3600, 4),
         "rows": sum(sum(record["rows"]) for record in records),
         "frames": sum(record["frames"] for record in records),
+    }
+    return Index(
+        version=INDEX_VERSION,
+        data_hash=data_hash(data, model),
+        text_tokenizer=frontend.tokenizer.identity,
+        audio_codec=frontend.codec.identity,
+        num_codebooks=NUM_CODEBOOKS,
+        max_rows=data.max_rows,
+        data=data_recipe(data, model),
+        splits=splits,
+        summary=summary,
+    )
+
+
+def _timings(records: list[dict]) -> dict:
+    """Processing speed of this call's encoding (shards done by an earlier, killed call count too)."""
+    clips = sum(record["clips"] for record in records)
+    elapsed = sum(record["elapsed"] for record in records)
+    seconds = sum(record["seconds"] for record in records)
+    return {
         "processing_s": round(elapsed, 3),
         "clips_per_s": round(clips / elapsed, 2) if elapsed else None,
         "audio_s_per_s": round(seconds / elapsed, 2) if elapsed else None,
     }
-    return {
-        "version": INDEX_VERSION,
-        "data_hash": data_hash(data, model),
-        "text_tokenizer": frontend.tokenizer.identity,
-        "audio_codec": frontend.codec.identity,
-        "num_codebooks": 32,
-        "max_rows": data.max_rows,
-        "data": data_recipe(data, model),
-        "splits": splits,
-        "summary": summary,
-    }
 
 
-def _refuse_other_recipe(out: Path, recipe: dict, digest: str) -> None:
+def _refuse_other_recipe(out: Path, recipe: dict, digest: str, rebuild: bool) -> None:
     """Fail when `out` holds (finished or partial) data of another data recipe, naming what changed."""
+    if rebuild:
+        return
     previous = _read_json(out / INDEX) or _read_json(out / PROGRESS / "recipe.json")
     if previous is None or previous.get("data_hash") == digest:
         return
@@ -292,17 +354,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so a killed run never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _print_summary(summary: dict, out: Path, console: Console) -> None:
+def _print_summary(summary: dict, timings: dict, out: Path, console: Console) -> None:
     table = Table(title=f"prepared {out}", show_header=False)
     table.add_row("samples read", str(summary["samples_read"]))
     for split, kept in summary["kept"].items():
@@ -312,8 +367,8 @@ def _print_summary(summary: dict, out: Path, console: Console) -> None:
         table.add_row(f"  {reason}", str(count))
     table.add_row("audio hours", f"{summary['hours']:.3f}")
     table.add_row("rows", str(summary["rows"]))
-    table.add_row("clips/s", str(summary["clips_per_s"]))
-    table.add_row("audio s/s", str(summary["audio_s_per_s"]))
+    table.add_row("clips/s", str(timings["clips_per_s"]))
+    table.add_row("audio s/s", str(timings["audio_s_per_s"]))
     console.print(table)
     if summary["rejected"]:
         console.print(f"rejected samples and why: {out / REJECTS}")

@@ -1,4 +1,4 @@
-"""Writing prepared samples as WebDataset tar shards (format: the data contract, DATA.md).
+"""Writing prepared samples as WebDataset tar shards (format: docs/data-format.md, csm_adapt.data.format).
 
 Shards are plain tar files whose bytes depend only on their samples (fixed mtime, owner and mode),
 so a resumed `prepare` produces exactly the shards of an uninterrupted one. A shard is written to a
@@ -7,10 +7,10 @@ temporary name and renamed: a file under a shard's name is always complete.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,13 +18,8 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-# webdataset splits a member name into key and extension at the first dot of its basename, and a
-# slash would make a folder: keys keep only word characters and dashes.
-_KEY_UNSAFE = re.compile(r"[^\w-]")
-
-
-def sample_key(sample_id: str) -> str:
-    return _KEY_UNSAFE.sub("_", sample_id)
+from csm_adapt.data.format import CODES, META, META_ROWS, TEXT, member_name, sample_key
+from csm_adapt.files import temp_path
 
 
 @attrs.frozen(eq=False)
@@ -34,26 +29,44 @@ class PreparedSample:
     id: str
     codes: np.ndarray
     text: np.ndarray
-    meta: dict  # the `<key>.json` member: id, source, turns, rows
+    meta: dict  # the META member: format.META_* keys
 
     @property
     def rows(self) -> int:
-        return self.meta["rows"]
+        return self.meta[META_ROWS]
 
 
-def write_shard(path: Path, samples: Iterable[PreparedSample]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@attrs.frozen
+class WrittenShard:
+    """What a reader needs to verify a written shard (format.ShardEntry's `bytes` and `sha256`)."""
+
+    bytes: int
+    sha256: str
+
+
+def write_shard(path: Path, samples: Iterable[PreparedSample]) -> WrittenShard:
+    tmp = temp_path(path)
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for sample in samples:
                 key = sample_key(sample.id)
-                _add(tar, f"{key}.codes.npy", _npy(sample.codes))
-                _add(tar, f"{key}.text.npy", _npy(sample.text))
-                _add(tar, f"{key}.json", json.dumps(sample.meta, ensure_ascii=False).encode("utf-8"))
+                _add(tar, member_name(key, CODES), _npy(sample.codes))
+                _add(tar, member_name(key, TEXT), _npy(sample.text))
+                _add(tar, member_name(key, META), json.dumps(sample.meta, ensure_ascii=False).encode("utf-8"))
+        written = file_digest(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return written
+
+
+def file_digest(path: Path) -> WrittenShard:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return WrittenShard(path.stat().st_size, digest.hexdigest())
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from csm_adapt.errors import CheckpointError, ConfigError
+from csm_adapt.files import chmod_like_new_file
 from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
 from csm_adapt.model.csm import CSM
 from csm_adapt.model.transformers_layout import from_transformers, to_transformers
@@ -98,6 +100,7 @@ def convert(
 def _write_atomic(target: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(fd)
+    chmod_like_new_file(Path(tmp))  # mkstemp makes 0600; checkpoints get the umask's mode, like any file
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -207,6 +210,11 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a torch.save zip file (a plain pickle, or not a checkpoint at all); csm-adapt never "
+            "loads pickles, which can run code: re-save it with torch.save from a trusted environment"
+        )
     try:
         # mmap: tensors are paged in as they are cast and assigned, not all read up front.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

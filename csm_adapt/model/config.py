@@ -42,15 +42,26 @@ FLAVORS: dict[str, TransformerFlavor] = {
 }
 
 
+def _flavor(instance, attribute, value) -> None:
+    if not isinstance(value, str) or value not in FLAVORS:
+        raise ValueError(f"{attribute.name}: {value!r} is not a flavor; valid flavors: {', '.join(FLAVORS)}")
+
+
+def _positive_int(instance, attribute, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name}: expected a positive integer, got {type(value).__name__} {value!r}")
+
+
 @attrs.frozen
 class ModelArgs:
-    """Exactly the fields of the original `config.json`."""
+    """Exactly the fields of the original `config.json`, checked for type and range (a checkpoint's
+    config is input: a bad one must be named, not fail as a tensor-shape traceback)."""
 
-    backbone_flavor: str = attrs.field(validator=attrs.validators.in_(FLAVORS))
-    decoder_flavor: str = attrs.field(validator=attrs.validators.in_(FLAVORS))
-    text_vocab_size: int = 128_256
-    audio_vocab_size: int = 2051
-    audio_num_codebooks: int = 32
+    backbone_flavor: str = attrs.field(validator=_flavor)
+    decoder_flavor: str = attrs.field(validator=_flavor)
+    text_vocab_size: int = attrs.field(default=128_256, validator=_positive_int)
+    audio_vocab_size: int = attrs.field(default=2051, validator=_positive_int)
+    audio_num_codebooks: int = attrs.field(default=32, validator=_positive_int)
 
     @property
     def backbone(self) -> TransformerFlavor:

@@ -203,6 +203,11 @@ def to_transformers(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> tup
 
 def _find_flavor(part: str, cfg: dict, defaults: dict, backbone: bool) -> str:
     values = {**defaults, **{key: cfg[key] for key in defaults if key in cfg}}
+    for key, value in values.items():
+        if key != "rope_scaling" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise CheckpointError(f"{part}: {key}: expected a positive number, got {type(value).__name__} {value!r}")
+    if not isinstance(values["rope_scaling"], (dict, type(None))):
+        raise CheckpointError(f"{part}: rope_scaling: expected an object, got {values['rope_scaling']!r}")
     if cfg.get("hidden_act", "silu") != "silu" or cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise CheckpointError(f"{part}: only silu MLPs without biases are CSM (got {cfg})")
     head_dim = cfg.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
@@ -257,13 +262,18 @@ def from_transformers(
     if hf_config.get("model_type") != "csm":
         raise CheckpointError(f"model_type is {hf_config.get('model_type')!r}, expected 'csm'")
     decoder_cfg = hf_config.get("depth_decoder_config") or {}
-    args = ModelArgs(
-        backbone_flavor=_find_flavor("backbone config", hf_config, _BACKBONE_DEFAULTS, backbone=True),
-        decoder_flavor=_find_flavor("depth_decoder_config", decoder_cfg, _DECODER_DEFAULTS, backbone=False),
-        text_vocab_size=hf_config.get("text_vocab_size", 128_256),
-        audio_vocab_size=hf_config.get("vocab_size", 2051),
-        audio_num_codebooks=hf_config.get("num_codebooks", 32),
-    )
+    if not isinstance(decoder_cfg, dict):
+        raise CheckpointError(f"depth_decoder_config: expected an object, got {type(decoder_cfg).__name__}")
+    try:
+        args = ModelArgs(
+            backbone_flavor=_find_flavor("backbone config", hf_config, _BACKBONE_DEFAULTS, backbone=True),
+            decoder_flavor=_find_flavor("depth_decoder_config", decoder_cfg, _DECODER_DEFAULTS, backbone=False),
+            text_vocab_size=hf_config.get("text_vocab_size", 128_256),
+            audio_vocab_size=hf_config.get("vocab_size", 2051),
+            audio_num_codebooks=hf_config.get("num_codebooks", 32),
+        )
+    except ValueError as e:  # named by ModelArgs' field, which the transformers key maps to
+        raise CheckpointError(f"invalid model config: {e}") from None
     state: dict[str, torch.Tensor] = {}
     for hf, tensor in hf_state_dict.items():
         if hf.startswith(_CODEC_PREFIX):

@@ -14,6 +14,7 @@ from csm_adapt.config.recipe import load_recipe
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import ConfigError, CsmAdaptError
+from csm_adapt.files import DirLock
 from csm_adapt.sweep.launcher import launch, plan_slots, visible_gpus, wait
 from csm_adapt.sweep.report import report
 from csm_adapt.sweep.space import check_space
@@ -40,6 +41,13 @@ def run_sweep(
         raise ConfigError(f"{recipe_path}: no [sweep] table: nothing to search (see the sweep section of the README)")
     check_space(recipe_path, overrides, recipe.sweep)
     out = sweep_dir(recipe)
+    # One sweep process per sweep directory (its journal, logs and reports). With an RDB storage,
+    # other machines' sweeps share the study, each with its own directory.
+    with DirLock(out, "csm-adapt sweep"):
+        return _run(recipe, recipe_path, overrides, out, trials, workers, workers_per_gpu, storage, console)
+
+
+def _run(recipe, recipe_path, overrides, out, trials, workers, workers_per_gpu, storage, console) -> Path | None:
     # Shards first, once: every trial reads the same data.out.
     prepare(recipe.data, recipe.model, console=console)
 

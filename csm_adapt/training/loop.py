@@ -7,18 +7,20 @@ over the whole global step, clip, step; log, validate, generate samples and chec
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from csm_adapt.config.recipe import recipe_to_dict, recipe_to_toml
+from csm_adapt.config.recipe import SAVED_NAME, recipe_to_dict, recipe_to_toml
 from csm_adapt.config.schema import Recipe
-from csm_adapt.data.loader import TrainLoader, ValLoader
+from csm_adapt.data.loader import SampleLimits, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.files import DirLock, reported_writes
 from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import RunInfo
@@ -82,9 +84,35 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     `on_validation(step, metrics)` is called after each validation (a sweep reports to its pruner
     there; an exception it raises stops the run).
     """
+    run_dir = Path(recipe.output.run_dir)
+    resume_command = f"csm-adapt run {run_dir / SAVED_NAME} --resume"
+    with claim_run_dir(run_dir, resume), reported_writes(run_dir, lambda: _kept(run_dir), resume_command):
+        return _train(recipe, resume, on_validation)
+
+
+def _kept(run_dir: Path) -> str:
+    """What a failed write leaves usable, for its message."""
+    last = latest_step_dir(run_dir)
+    if last is None:
+        return "No checkpoint was saved yet"
+    return f"The checkpoints saved before are intact; the newest is {last}"
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold the run directory for this run (an OS lock, on the main rank), once every reason to
+    refuse the run has been checked: call it before writing anything there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with DirLock(Path(run_dir), "csm-adapt run"):
+        _refuse_to_mix_runs(Path(run_dir), resume)
+        yield
+
+
+def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], None] | None) -> Path:
     cfg = recipe.train
     run_dir = Path(recipe.output.run_dir)
-    _refuse_to_mix_runs(run_dir, resume)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     d = init_distributed(device)
     torch.manual_seed(cfg.seed)
@@ -104,11 +132,12 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     packer = Packer(
         max_rows=recipe.data.max_rows, rows_per_batch=cfg.rows_per_micro_batch, pad_multiple=cfg.pad_multiple
     )
+    checks = {"limits": SampleLimits(text_vocab_size=model.args.text_vocab_size), "on_corrupt": recipe.data.on_corrupt}
     train_loader = TrainLoader(
         recipe.data.out, packer, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, pack_buffer=cfg.pack_buffer,
-        num_workers=cfg.num_workers, rank=d.rank, world_size=d.world_size, pin_memory=device.type == "cuda",
+        num_workers=cfg.num_workers, rank=d.rank, world_size=d.world_size, pin_memory=device.type == "cuda", **checks,
     )  # fmt: skip
-    val_loader = ValLoader(recipe.data.out, packer, pack_buffer=cfg.pack_buffer)
+    val_loader = ValLoader(recipe.data.out, packer, pack_buffer=cfg.pack_buffer, **checks)
     accum = max(1, cfg.rows_per_step // (cfg.rows_per_micro_batch * d.world_size))
 
     strategy = recipe.loss.create()
@@ -200,6 +229,8 @@ def _due(done: int, every: int, last: int) -> bool:
 
 
 def _refuse_to_mix_runs(run_dir: Path, resume: bool) -> None:
+    if resume and latest_step_dir(run_dir) is None:
+        raise TrainingError(f"--resume: no complete checkpoint under {checkpoints_dir(run_dir)}")
     existing = checkpoints_dir(run_dir)
     if not resume and existing.is_dir() and any(existing.iterdir()):
         # Starting over would mix two runs' checkpoints, metrics and samples in one directory.

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from csm_adapt.files import no_space_errno
 from csm_adapt.model.checkpoint import save_model
 from csm_adapt.model.csm import CSM
 from csm_adapt.model.synthesizer import write_frontend
@@ -36,7 +37,14 @@ def _write_dir(target: Path, write) -> Path:
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (a full disk) must not keep its space
+        code = no_space_errno(e)
+        if code is not None:  # name the checkpoint, which safetensors' and torch's errors do not
+            raise OSError(code, os.strerror(code), str(target)) from e
+        raise
     old = target.with_name(f".{target.name}.old")
     if target.exists():
         os.replace(target, old)
@@ -68,7 +76,10 @@ def save_step(
 
     def write(tmp: Path) -> None:
         _write_model(tmp, model, frontend)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
+        # Through a Python file: a failed write then surfaces as an OSError (a full disk is named),
+        # where torch's own file writer reports only "unexpected pos".
+        with open(tmp / TRAINER_STATE, "wb") as f:
+            torch.save(trainer_state, f)
 
     target = _write_dir(checkpoints_dir(run_dir) / f"step-{step:06d}", write)
     for old in step_dirs(run_dir)[:-keep_last]:
