@@ -3,7 +3,8 @@
 This is the one way configs are built from dicts in the project. Every error names the full key
 path (`train.lr: expected float, got str "abc"`); unknown keys are rejected with the valid ones.
 Supported field types: attrs classes, str/int/float/bool (an int is accepted for a float), Path,
-Literal, `X | None` and other unions, list[X], tuple[X, ...], dict[str, X] and Any.
+Literal, `X | None` and other unions, list[X], tuple[X, ...], dict[str, X] and Any;
+`unsupported_fields` lists the fields of a class that use anything else.
 Relative paths are made absolute against the current directory, so a saved config means the same
 thing wherever it is loaded from. Optional fields must default to None: `to_dict` drops None values
 (TOML has no null).
@@ -51,6 +52,39 @@ def to_dict(obj: Any, hooks: ToDictHooks | None = None) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def unsupported_fields(cls: type, path: str = "") -> list[str]:
+    """What `from_dict` could not build in attrs class `cls`: ["field `tags` has type set[str]", ...].
+
+    Checked when a plugin registers its options class, so the mistake shows up then rather than
+    the first time a recipe sets the key.
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as e:  # an annotation naming something undefined
+        return [f"the annotations of {cls.__name__} cannot be resolved ({type(e).__name__}: {e})"]
+    return [problem for f in attrs.fields(cls) if f.init for problem in _problems(hints[f.name], join(path, f.name))]
+
+
+def _problems(tp: Any, path: str) -> list[str]:
+    if tp is Any or tp in (str, int, float, bool, Path):
+        return []
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return [problem for arg in args if arg is not type(None) for problem in _problems(arg, path)]
+    if origin is Literal:
+        return []
+    if origin is list and len(args) == 1:
+        return _problems(args[0], path)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _problems(args[0], path)
+    if origin is dict and len(args) == 2 and args[0] is str:
+        return _problems(args[1], path)
+    if attrs.has(tp):
+        return unsupported_fields(tp, path)
+    shown = str(tp).replace("typing.", "") if args else getattr(tp, "__name__", str(tp))
+    return [f"field `{path}` has type {shown}, which a recipe cannot give"]
 
 
 def join(path: str, key: str | int) -> str:
