@@ -7,13 +7,15 @@ default to None (TOML has no null, so a saved recipe simply leaves them out).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import attrs
 
+from csm_adapt.errors import SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.plugin_api import Turn
+from csm_adapt.plugin_api import Sample, Turn
 from csm_adapt.sweep.config import SweepConfig
 
 # `owner/name` on the Hugging Face hub.
@@ -60,7 +62,22 @@ class PluginRef:
 
 
 class ReaderRef(PluginRef):
-    pass
+    def read(self) -> Iterator[Sample]:
+        """Build the reader and yield its samples; a bad sample's error names the reader and its source."""
+        reader = self.create()
+        label = f'reader "{self.name}" ({type(reader).__module__}.{type(reader).__qualname__})'
+        previous = None
+        try:
+            for sample in reader.read():
+                if not isinstance(sample, Sample):
+                    raise SampleError(
+                        f"yielded {type(sample).__name__} {sample!r:.80}, not a csm_adapt.plugin_api.Sample"
+                    )
+                previous = sample.source
+                yield sample
+        except SampleError as e:
+            where = f" (the sample after {previous})" if previous and not str(e).startswith(previous) else ""
+            raise SampleError(f"{label}: {e}{where}") from None
 
 
 class LossRef(PluginRef):

@@ -123,9 +123,9 @@ def prepare(
 
 def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
     """Read and split the samples and cut each split into shards; duplicate ids are rejected."""
-    samples = list(data.reader.create().read())
+    samples = list(data.reader.read())
     if data.val_reader is not None:
-        train, val = samples, list(data.val_reader.create().read())
+        train, val = samples, list(data.val_reader.read())
     else:
         train, val = split_samples(samples, data.val_fraction, data.val_by, data.seed)
     rejects, seen = [], set()
