@@ -35,6 +35,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
+from csm_adapt.data.kept import check_kept
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
 
@@ -62,9 +63,10 @@ class _Split:
 
     @classmethod
     def read(cls, data_dir: Path, split: str) -> _Split:
-        shards = read_index(data_dir)["splits"].get(split, {}).get("shards", [])
-        shards = [s for s in shards if s["samples"] > 0]
+        index = read_index(data_dir)
+        shards = [s for s in index["splits"].get(split, {}).get("shards", []) if s["samples"] > 0]
         if not shards:
+            check_kept(index, Path(data_dir), split)  # names the reject reasons when nothing was kept
             raise CsmAdaptError(f"{Path(data_dir) / 'index.json'}: split {split!r} has no samples")
         return cls(
             paths=tuple(str(Path(data_dir) / s["name"]) for s in shards),

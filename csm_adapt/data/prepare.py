@@ -28,6 +28,7 @@ from rich.table import Table
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
 from csm_adapt.config.structure import to_dict
 from csm_adapt.data.encode import Frontend, Reject, encode_shard
+from csm_adapt.data.kept import REJECTS, check_kept
 from csm_adapt.data.shard_writer import sample_key, write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
@@ -35,7 +36,6 @@ from csm_adapt.plugin_api import Sample
 
 INDEX_VERSION = 1
 INDEX = "index.json"
-REJECTS = "rejects.jsonl"
 PROGRESS = ".progress"  # per-shard records and the data recipe of an unfinished run
 SPLITS = ("train", "val")
 
@@ -104,7 +104,9 @@ def prepare(
         _refuse_other_recipe(out, recipe, digest)
         if prepared_is_current(data, model):
             console.print(f"[green]{out} is up to date[/] (data hash {digest})")
-            return _read_json(out / INDEX)
+            index = _read_json(out / INDEX)
+            check_kept(index, out)
+            return index
     progress_dir = out / PROGRESS
     progress_dir.mkdir(parents=True, exist_ok=True)
     _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
@@ -118,6 +120,7 @@ def prepare(
     _write_json(out / INDEX, index)
     shutil.rmtree(progress_dir)
     _print_summary(index["summary"], out, console)
+    check_kept(index, out)  # after writing: rejects.jsonl says why
     return index
 
 
