@@ -3,7 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
+
+from csm_adapt.terminal import make_console
 
 # Names only: importing torch here would slow every command, `--help` included.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -40,6 +41,6 @@ def convert(source: str, out_dir: Path, layout: str, dtype: str) -> None:
 
     from csm_adapt.model.checkpoint import convert as convert_checkpoint
 
-    with Console().status(f"converting {source}"):
+    with make_console().status(f"converting {source}"):
         out = convert_checkpoint(source, out_dir, to=layout, dtype=getattr(torch, dtype))
-    Console().print(f"wrote {out} ({layout} layout, {dtype})")
+    make_console().print(f"wrote {out} ({layout} layout, {dtype})")

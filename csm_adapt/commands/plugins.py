@@ -4,13 +4,13 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
 from csm_adapt.config.recipe import load_raw
 from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
+from csm_adapt.terminal import make_console
 
 KINDS = ("readers", "losses", "loggers", "commands")
 
@@ -54,4 +54,4 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
         if "error" in row:
             registers = f"[red]BROKEN: {escape(row['error'])}"
         table.add_row(row["name"], row["version"], row["source"], registers)
-    Console().print(table)
+    make_console().print(table)

@@ -15,6 +15,7 @@ import attrs
 
 from csm_adapt.errors import SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
+from csm_adapt.model.sources import is_local
 from csm_adapt.plugin_api import Sample, Turn
 from csm_adapt.sweep.config import SweepConfig
 
@@ -42,7 +43,9 @@ def _source(instance, attribute, value) -> None:
     nothing is downloaded to check it."""
     if value is None or value == "offline":
         return
-    if not (HUB_ID.fullmatch(value) or Path(value).expanduser().exists()):
+    if is_local(value) and not Path(value).expanduser().exists():
+        if HUB_ID.fullmatch(value):  # shaped like a hub id, but its first part is a local folder
+            raise ValueError(f'"{value}": no such file or directory', attribute)
         raise ValueError(f'"{value}" is neither an existing path, a hub id like "owner/name", nor "offline"', attribute)
 
 

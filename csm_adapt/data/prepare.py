@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
@@ -33,6 +32,7 @@ from csm_adapt.data.shard_writer import sample_key, write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Sample
+from csm_adapt.terminal import Progress, make_console
 
 INDEX_VERSION = 1
 INDEX = "index.json"
@@ -96,7 +96,7 @@ def prepare(
     resampling and Mimi (default: CUDA when present); `frontend` passes an already loaded tokenizer
     and codec (they must be the ones `model` names).
     """
-    console = console or Console()
+    console = console or make_console()
     out, recipe, digest = data.out, data_recipe(data, model), data_hash(data, model)
     if rebuild:
         _clear(out)
@@ -159,27 +159,20 @@ def _encode_shards(
     shards: list[_Shard], data: DataConfig, frontend: Frontend, progress_dir: Path, console: Console
 ) -> list[dict]:
     """Each shard's record, encoding and writing the shards that have none yet."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     records = []
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("prepare", total=sum(len(shard.samples) for shard in shards))
+    total = sum(len(shard.samples) for shard in shards)
+    with Progress(console, total, unit="samples", description="prepare") as progress:
         for shard in shards:
             record_path = progress_dir / f"{shard.name}.json"
             record = _read_json(record_path)
             if record is None or not (data.out / shard.name).is_file():
-                progress.update(task, description=f"prepare {shard.name}")
+                progress.describe(f"prepare {shard.name}")
                 result = encode_shard(
                     shard.samples,
                     frontend,
                     max_rows=data.max_rows,
                     batch_seconds=data.encode_batch_seconds,
-                    advance=lambda n: progress.advance(task, n),
+                    advance=progress.advance,
                 )
                 write_shard(data.out / shard.name, result.samples)
                 record = {
@@ -194,7 +187,7 @@ def _encode_shards(
                 }
                 _write_json(record_path, record)  # after the shard: a record means the shard is complete
             else:
-                progress.advance(task, len(shard.samples))
+                progress.advance(len(shard.samples))
             records.append(record)
     return records
 

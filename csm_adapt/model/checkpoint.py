@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -25,13 +24,13 @@ from safetensors.torch import load_file, save_file
 from csm_adapt.errors import CheckpointError, ConfigError
 from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
 from csm_adapt.model.csm import CSM
+from csm_adapt.model.sources import is_local
 from csm_adapt.model.transformers_layout import from_transformers, to_transformers
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 LEGACY_WEIGHTS = "ckpt.pt"
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 Layout = Literal["original", "transformers"]
 
@@ -113,7 +112,7 @@ def _resolve(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if isinstance(source, Path) or not _HUB_ID.match(source):
+    if isinstance(source, Path) or is_local(source):
         raise CheckpointError(f"{source}: no such checkpoint file or directory (nor a hub id like 'owner/name')")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
