@@ -33,9 +33,10 @@ def convert(source: str, out_dir: Path, layout: str, dtype: str) -> None:
     SOURCE is a hub id (sesame/csm-1b), a checkpoint directory or a weights file, in either layout:
     Sesame's original (config.json + model.safetensors, or ckpt.pt) or transformers'
     (config.json with model_type "csm" + model.safetensors or shards). The layout is detected.
-    OUT_DIR gets config.json + model.safetensors; other files in it are left alone.
+    OUT_DIR gets config.json + model.safetensors, and SOURCE's csm_adapt.json (the tokenizer and
+    codec it was trained with) when it has one; other files in OUT_DIR are left alone.
 
-    Example: csm-adapt convert runs/french/final hf-french --to transformers
+    Example: csm-adapt convert runs/french/checkpoints/final hf-french --to transformers
     """
     import torch
 
