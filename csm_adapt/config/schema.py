@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from csm_adapt.config.structure import OUTPUT, SOURCE
 from csm_adapt.errors import SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.model.sources import is_local
@@ -95,15 +96,15 @@ class LoggerRef(PluginRef):
 class ModelConfig:
     config: str = attrs.field(default="csm-1b", validator=_model_config)  # shape, from MODEL_CONFIGS
     # None: random weights of `config`, for tests and the offline demo; finetuning names a checkpoint.
-    checkpoint: str | None = attrs.field(default=None, validator=_source)
-    text_tokenizer: str = attrs.field(default="unsloth/Llama-3.2-1B", validator=_source)
-    audio_codec: str = attrs.field(default="kyutai/moshiko-pytorch-bf16", validator=_source)
+    checkpoint: str | None = attrs.field(default=None, validator=_source, metadata=SOURCE)
+    text_tokenizer: str = attrs.field(default="unsloth/Llama-3.2-1B", validator=_source, metadata=SOURCE)
+    audio_codec: str = attrs.field(default="kyutai/moshiko-pytorch-bf16", validator=_source, metadata=SOURCE)
 
 
 @attrs.frozen(kw_only=True)
 class DataConfig:
     reader: ReaderRef
-    out: Path  # where the prepared shards go
+    out: Path = attrs.field(metadata=OUTPUT)  # where the prepared shards go
     max_rows: int = attrs.field(default=2048, validator=_positive)  # longer samples are rejected
     # Validation: the samples of `val_reader` when given, else this fraction of `reader`'s
     # clips (or speakers, `val_by`), chosen by hashing their id (or speaker) with `seed`.
@@ -178,7 +179,7 @@ class SamplesConfig:
 
 @attrs.frozen(kw_only=True)
 class OutputConfig:
-    run_dir: Path
+    run_dir: Path = attrs.field(metadata=OUTPUT)
 
 
 @attrs.frozen(kw_only=True)
