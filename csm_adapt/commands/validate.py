@@ -20,7 +20,7 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     exists, files in the Hugging Face cache, or (unless HF_HUB_OFFLINE) on the hub, asked without
     downloading. Writes nothing.
 
-    Example: csm-adapt validate recipes/french.toml train.lr=3e-5 data.reader.root=/data/siwis
+    Example: csm-adapt validate recipes/demo.toml train.lr=1e-3
     """
     resolved = load_recipe(recipe, overrides)
     # Their constructors check what can be checked cheaply (e.g. that the dataset root exists).
