@@ -16,8 +16,8 @@ from csm_adapt.commands.prepare import prepare
 from csm_adapt.commands.run import run
 from csm_adapt.commands.sweep import sweep
 from csm_adapt.commands.validate import validate
-from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_engine.manager import load_plugins
+from csm_adapt.errors import CsmAdaptError, PluginError
+from csm_adapt.plugin_engine.manager import BrokenPlugin, load_plugins
 from csm_adapt.plugin_engine.registries import collect
 
 
@@ -25,8 +25,14 @@ def report_error(error: CsmAdaptError) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] [red]{escape(str(error))}")
 
 
+# Commands that work while an installed plugin is broken: they are how a user finds and fixes it.
+WORK_WITH_BROKEN_PLUGINS = ("plugins",)
+
+
 class CsmAdaptGroup(click.Group):
     """Errors a user can cause print as one red line and exit with status 2, without a traceback."""
+
+    broken_plugins: list[BrokenPlugin] = []  # set by main(): installed plugins that failed to load
 
     def invoke(self, ctx: click.Context):
         try:
@@ -34,6 +40,14 @@ class CsmAdaptGroup(click.Group):
         except CsmAdaptError as e:
             report_error(e)
             ctx.exit(2)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        # `csm-adapt --help` and `--version` never get here (click answers them while parsing); a
+        # subcommand's --help does, and should still work.
+        if self.broken_plugins and name not in WORK_WITH_BROKEN_PLUGINS and "--help" not in rest:
+            raise PluginError(self.broken_plugins[0].message())
+        return name, command, rest
 
 
 @click.group(cls=CsmAdaptGroup)
@@ -48,8 +62,10 @@ for command in (run, sweep, prepare, validate, generate, convert, plugins):
 
 def main() -> None:
     try:
-        collect(load_plugins(), cli)
+        pm = load_plugins(strict=False)
+        collect(pm, cli, strict=False)
     except CsmAdaptError as e:
         report_error(e)
         sys.exit(2)
+    cli.broken_plugins = pm.broken
     cli(prog_name="csm-adapt")

@@ -28,3 +28,7 @@ class GenerationError(CsmAdaptError):
 
 class PluginError(CsmAdaptError):
     pass
+
+
+class SampleError(CsmAdaptError):
+    """A `Sample` or `Turn` built with a wrong value; the reader it came from is added by `ReaderRef.read`."""

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from csm_adapt.errors import SampleError
+
 if TYPE_CHECKING:
     # Not at run time: importing torch costs seconds, and `csm-adapt plugins` needs none of it.
     import torch
@@ -18,17 +20,46 @@ class NoOptions:
     """Options class for a plugin that takes none: any key under its table is rejected."""
 
 
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @attrs.frozen
 class Turn:
-    """One speaker's utterance. `start`/`end` (seconds) cut a span out of a longer `audio` file."""
+    """One speaker's utterance. `start`/`end` (seconds) cut a span out of a longer `audio` file.
+
+    Checked when built (a `SampleError` names the field): a speaker "0" read from a CSV must become
+    an int before it reaches the shards. `audio` may be given as a str.
+    """
 
     speaker: int | None
     text: str
-    audio: Path
+    audio: Path = attrs.field(converter=lambda value: Path(value) if isinstance(value, str) else value)
     start: float | None = None
     end: float | None = None
     # False for context turns the model hears but is not trained to say.
     target: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        if self.speaker is not None and not (isinstance(self.speaker, int) and not isinstance(self.speaker, bool)):
+            problems.append(f"speaker must be an int or None, got {_describe(self.speaker)}")
+        if not isinstance(self.text, str):
+            problems.append(f"text must be a str, got {_describe(self.text)}")
+        if not isinstance(self.audio, Path):
+            problems.append(f"audio must be a Path or str, got {_describe(self.audio)}")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value):
+                problems.append(f"{name} must be a number of seconds or None, got {_describe(value)}")
+        if not isinstance(self.target, bool):
+            problems.append(f"target must be a bool, got {_describe(self.target)}")
+        if problems:
+            raise SampleError(f"Turn(text={self.text!r}): {'; '.join(problems)}")
 
 
 @attrs.frozen
@@ -36,11 +67,31 @@ class Sample:
     """A training example: one turn for an utterance, several for a conversation.
 
     `source` is "file:line" of the metadata the sample came from, so later errors can point at it.
+    Checked when built: a `SampleError` names the source and the field.
     """
 
     id: str
     turns: tuple[Turn, ...]
     source: str
+
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.id, str) or not self.id:
+            problems.append(f"id must be a non-empty str, got {_describe(self.id)}")
+        if not isinstance(self.turns, tuple):
+            problems.append(f"turns must be a tuple of Turn (write tuple(turns)), got {type(self.turns).__name__}")
+        elif not self.turns:
+            problems.append("turns is empty: a sample has at least one Turn")
+        else:
+            problems += [
+                f"turns[{i}] must be a Turn, got {_describe(turn)}"
+                for i, turn in enumerate(self.turns)
+                if not isinstance(turn, Turn)
+            ]
+        if not isinstance(self.source, str):
+            problems.append(f'source must be a "file:line" str, got {_describe(self.source)}')
+        if problems:
+            raise SampleError(f"{self.source}: sample {self.id!r}: {'; '.join(problems)}")
 
 
 @attrs.frozen

@@ -39,7 +39,7 @@ class ConsoleOptions:
 class ConsoleLogger(Logger):
     def __init__(self, options: ConsoleOptions, run_dir: Path, console: Console | None = None):
         super().__init__(options, run_dir)
-        self.console = console or Console()
+        self.console = console or Console(soft_wrap=True)  # log lines carry paths: never cut them
         self._progress = Progress(
             TextColumn("step"),
             MofNCompleteColumn(),

@@ -348,3 +348,16 @@ def test_checkpoint_files_get_the_umask_mode(micro, tmp_path):
         "config.json": 0o644,
         "model.safetensors": 0o644,
     }
+
+
+def test_convert_carries_the_tokenizer_and_codec_record(micro, saved, tmp_path):
+    record = {"text_tokenizer": "offline", "audio_codec": "/models/mimi.safetensors"}
+    (saved / "csm_adapt.json").write_text(json.dumps(record))
+    hf_dir = convert(saved, tmp_path / "hf", to="transformers")
+    assert json.loads((hf_dir / "csm_adapt.json").read_text()) == record
+    back = convert(hf_dir / "model.safetensors", tmp_path / "back", to="sesame")  # from a weights file too
+    assert json.loads((back / "csm_adapt.json").read_text()) == record
+    bare = convert(tmp_path / "back", tmp_path / "bare", to="sesame")
+    assert (bare / "csm_adapt.json").is_file()
+    (tmp_path / "back" / "csm_adapt.json").unlink()
+    assert not (convert(tmp_path / "back", tmp_path / "none", to="sesame") / "csm_adapt.json").exists()

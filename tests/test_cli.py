@@ -19,6 +19,9 @@ TRAIN_KEYS = ", ".join(f.name for f in attrs.fields(TrainConfig))
 
 RECIPE = """
 plugins = ["toy.py"]
+[model]
+text_tokenizer = "offline"
+audio_codec = "offline"
 [data]
 out = "prepared"
 [data.reader]

@@ -200,3 +200,69 @@ def test_every_hook_is_documented_with_its_signature(name):
     signature = f"{name}({', '.join(inspect.signature(getattr(hooks, name)).parameters)})"
     headings = re.findall(r"^### `(.+)`$", DOCS.read_text(), flags=re.MULTILINE)
     assert signature in headings, f"docs/plugins.md has no '### `{signature}`' section"
+
+
+def test_register_function_without_hookimpl_is_an_error_at_load(tmp_path):
+    path = write_plugin(
+        tmp_path,
+        "unmarked",
+        """
+        def register_dataset_readers(register):
+            register("unmarked", object)
+        """,
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"plugin unmarked \(.*unmarked.py\): function register_dataset_readers has no @hookimpl, .*"
+        r"decorate it with @hookimpl \(from csm_adapt import hookimpl\)",
+    ):
+        registries_for(path)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "shown"),
+    [("set[str]", "set[str]"), ("frozenset | None", "frozenset"), ("list[complex]", "complex")],
+)
+def test_options_field_of_a_type_no_recipe_can_give_is_an_error_at_load(tmp_path, annotation, shown):
+    path = write_plugin(
+        tmp_path,
+        "settish",
+        f"""
+        @attrs.frozen
+        class Options:
+            root: str = "."
+            tags: {annotation} = None
+
+        @hookimpl
+        def register_dataset_readers(register):
+            register("settish", object, options=Options)
+        """,
+    )
+    with pytest.raises(
+        PluginError,
+        match=rf"plugin settish: options of reader 'settish': field `tags` has type {re.escape(shown)}, "
+        "which a recipe cannot give; a recipe can give str, int",
+    ):
+        registries_for(path)
+
+
+def test_nested_options_class_is_checked_too(tmp_path):
+    path = write_plugin(
+        tmp_path,
+        "nested",
+        """
+        @attrs.frozen
+        class Inner:
+            when: bytes = b""
+
+        @attrs.frozen
+        class Options:
+            inner: Inner = Inner()
+
+        @hookimpl
+        def register_loggers(register):
+            register("nested", object, options=Options)
+        """,
+    )
+    with pytest.raises(PluginError, match="field `inner.when` has type bytes"):
+        registries_for(path)

@@ -19,6 +19,8 @@ from csm_adapt.cli import cli
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
 from csm_adapt.data import prepare as prepare_module
 from csm_adapt.data.encode import Frontend
+from csm_adapt.data.loader import TrainLoader
+from csm_adapt.data.packing import Packer
 from csm_adapt.data.prepare import data_hash, prepare, prepared_is_current
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
@@ -345,3 +347,38 @@ def test_malformed_metadata_lines_are_rejected_unless_most_are(tmp_path, fronten
     with pytest.raises(CsmAdaptError, match=r"2 of 3 metadata records are malformed.*max_malformed_share=0.25"):
         prepare(json_data(meta, tmp_path / "out2"), MODEL, console=QUIET, frontend=frontend)
     assert not (tmp_path / "out2" / "index.json").exists()
+
+
+def test_a_prepare_that_keeps_nothing_fails_counting_the_reject_reasons(clips, tmp_path, frontend, monkeypatch):
+    meta = tmp_path / "nothing.jsonl"
+    rows = [{"text": "Manquant.", "path": "missing.wav"}, {"text": "Absent.", "path": "gone.wav"}]
+    rows.append({"text": "Cassé.", "path": "corrupt.wav"})
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (clips / "nothing.jsonl").write_text(meta.read_text())
+    data = json_data(clips / "nothing.jsonl", tmp_path / "out")
+    expected = (
+        f"{data.out}: the prepared data kept no train samples: 3 samples read, 3 rejected (corrupt: 1, missing: 2); "
+        f"why, clip by clip: {data.out / 'rejects.jsonl'}"
+    )
+    with pytest.raises(CsmAdaptError) as error:
+        prepare(data, MODEL, console=QUIET, frontend=frontend)
+    assert str(error.value) == expected
+    assert len((data.out / "rejects.jsonl").read_text().splitlines()) == 3
+    # Prepared again (as `run` does), and by the loader: the same summary, never "split has no samples".
+    with pytest.raises(CsmAdaptError) as again:
+        prepare(data, MODEL, console=QUIET, frontend=frontend)
+    assert str(again.value) == expected
+    with pytest.raises(CsmAdaptError) as loading:
+        TrainLoader(data.out, Packer(max_rows=30, rows_per_batch=64, pad_multiple=2))
+    assert str(loading.value) == expected
+
+    monkeypatch.setattr(prepare_module, "_load_frontend", lambda model, device: frontend)
+    (tmp_path / "toy_loss.py").write_text(
+        "from csm_adapt import hookimpl\n\n"
+        "@hookimpl\ndef register_loss_strategies(register):\n    register('toy', object)\n"
+    )
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path / "cli-out", meta=clips / "nothing.jsonl"))
+    result = CliRunner().invoke(cli, ["prepare", str(recipe)])
+    assert result.exit_code == 2
+    assert "kept no train samples: 3 samples read, 3 rejected (corrupt: 1, missing: 2)" in result.output

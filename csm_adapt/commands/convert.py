@@ -3,7 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
+
+from csm_adapt.terminal import make_console
 
 # Names only: importing torch here would slow every command, `--help` included.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -32,14 +33,15 @@ def convert(source: str, out_dir: Path, layout: str, dtype: str) -> None:
     SOURCE is a hub id (sesame/csm-1b), a checkpoint directory or a weights file, in either layout:
     Sesame's original (config.json + model.safetensors, or ckpt.pt) or transformers'
     (config.json with model_type "csm" + model.safetensors or shards). The layout is detected.
-    OUT_DIR gets config.json + model.safetensors; other files in it are left alone.
+    OUT_DIR gets config.json + model.safetensors, and SOURCE's csm_adapt.json (the tokenizer and
+    codec it was trained with) when it has one; other files in OUT_DIR are left alone.
 
-    Example: csm-adapt convert runs/french/final hf-french --to transformers
+    Example: csm-adapt convert runs/french/checkpoints/final hf-french --to transformers
     """
     import torch
 
     from csm_adapt.model.checkpoint import convert as convert_checkpoint
 
-    with Console().status(f"converting {source}"):
+    with make_console().status(f"converting {source}"):
         out = convert_checkpoint(source, out_dir, to=layout, dtype=getattr(torch, dtype))
-    Console().print(f"wrote {out} ({layout} layout, {dtype})")
+    make_console().print(f"wrote {out} ({layout} layout, {dtype})")

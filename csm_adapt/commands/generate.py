@@ -3,7 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
+
+from csm_adapt.terminal import make_console
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -61,7 +62,7 @@ def generate(
     from csm_adapt.training.distributed import pick_device
 
     device = pick_device(device, 0)
-    console = Console()
+    console = make_console()
     with console.status("loading model, tokenizer and codec"):
         speech = Synthesizer.load(model_source, text_tokenizer=text_tokenizer, audio_codec=audio_codec, device=device)
     segments = [Segment(speaker=s, text=t, audio=p) for s, t, p in context]

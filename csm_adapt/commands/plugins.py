@@ -4,12 +4,13 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from csm_adapt.config.recipe import load_raw
 from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
+from csm_adapt.terminal import make_console
 
 KINDS = ("readers", "losses", "loggers", "commands")
 
@@ -22,9 +23,13 @@ KINDS = ("readers", "losses", "loggers", "commands")
     help="Also load the local plugins this recipe lists.",
 )
 def plugins(as_json: bool, recipe: Path | None) -> None:
-    """List installed plugins: name, version, source and what each registers."""
-    pm = load_plugins(load_raw(recipe)["plugins"] if recipe else ())
-    registries = collect(pm, click.Group())
+    """List installed plugins: name, version, source and what each registers.
+
+    A broken installed plugin is listed with its error (in red; "error" in --json) instead of what
+    it registers; CSM_ADAPT_BLOCK_PLUGINS=NAME skips it.
+    """
+    pm = load_plugins(load_raw(recipe)["plugins"] if recipe else (), strict=False)
+    registries = collect(pm, click.Group(), strict=False)
     rows = []
     for info in pm.infos():
         registered = {
@@ -34,6 +39,11 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
             "commands": [name for name, plugin in registries.commands.items() if plugin == info.name],
         }
         rows.append({"name": info.name, "version": info.version, "source": info.source, **registered})
+    for broken in pm.broken:
+        rows.append(
+            {"name": broken.name, "version": broken.version, "source": broken.source, **{kind: [] for kind in KINDS}}
+            | {"error": broken.message()}
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -41,5 +51,7 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
     table = Table(Column("plugin", no_wrap=True), "version", Column("source", overflow="fold"), "registers")
     for row in rows:
         registers = "\n".join(f"{kind}: {', '.join(row[kind])}" for kind in KINDS if row[kind])
+        if "error" in row:
+            registers = f"[red]BROKEN: {escape(row['error'])}"
         table.add_row(row["name"], row["version"], row["source"], registers)
-    Console().print(table)
+    make_console().print(table)

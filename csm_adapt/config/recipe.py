@@ -2,6 +2,11 @@
 
 The saved recipe is the resolved one (overrides applied, defaults filled in, paths absolute), so
 `load_recipe(save_recipe(recipe))` gives an equal recipe: a run can be reproduced from it alone.
+
+Relative paths: what a recipe reads (data, plugin files, local checkpoints and tokenizers, prompt
+audio) is found relative to the recipe file's folder, so a recipe folder can be moved and run from
+anywhere; what a run writes (`data.out`, `output.run_dir`, `sweep.dir`) goes relative to the
+directory it runs from; a path given as a `key=value` override is relative to that directory too.
 """
 
 from __future__ import annotations
@@ -34,17 +39,25 @@ def load_raw(path: Path, overrides: Sequence[str] = ()) -> dict:
         specs = from_dict(tuple[str, ...], raw.get("plugins", []), "plugins")
     except CsmAdaptError as e:
         raise type(e)(f"{path}: {e}") from None
-    raw["plugins"] = [resolve_local(spec, path.parent.absolute()) for spec in specs]
+    base = Path.cwd() if "plugins" in override_keys(overrides) else path.parent.absolute()
+    raw["plugins"] = [resolve_local(spec, base) for spec in specs]
     return raw
+
+
+def override_keys(overrides: Sequence[str]) -> set[str]:
+    """The top key of each `key=value` (`data.reader.root`, `plugins` for `plugins.0`)."""
+    keys = {override.partition("=")[0].strip() for override in overrides}
+    return keys | {key.split(".")[0] for key in keys if key.split(".")[0] == "plugins"}
 
 
 def load_recipe(path: Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate a recipe, loading the plugins it needs; errors name file and key."""
     raw = load_raw(path, overrides)
+    paths = {"base_dir": Path(path).parent.absolute(), "cwd_keys": override_keys(overrides)}
     try:
         # Commands do not matter to a recipe: they go on a throwaway group.
         registries = collect(load_plugins(raw["plugins"]), click.Group())
-        return from_dict(Recipe, raw, hooks=_plugin_ref_builders(registries))
+        return from_dict(Recipe, raw, hooks=_plugin_ref_builders(registries, paths), **paths)
     except CsmAdaptError as e:
         raise type(e)(f"{path}: {e}") from None
 
@@ -71,15 +84,15 @@ def print_recipe(recipe: Recipe, console: Console) -> None:
     console.print(Syntax(text, "toml").highlight(text))
 
 
-def _plugin_ref_builders(registries: Registries) -> dict:
+def _plugin_ref_builders(registries: Registries, paths: dict) -> dict:
     return {
-        ReaderRef: partial(_build_ref, ReaderRef, registries.readers),
-        LossRef: partial(_build_ref, LossRef, registries.losses),
-        LoggerRef: partial(_build_ref, LoggerRef, registries.loggers),
+        ReaderRef: partial(_build_ref, ReaderRef, registries.readers, paths),
+        LossRef: partial(_build_ref, LossRef, registries.losses, paths),
+        LoggerRef: partial(_build_ref, LoggerRef, registries.loggers, paths),
     }
 
 
-def _build_ref(ref_cls: type[PluginRef], registry: Registry, value: Any, path: str) -> PluginRef:
+def _build_ref(ref_cls: type[PluginRef], registry: Registry, paths: dict, value: Any, path: str) -> PluginRef:
     """A plugin table: the plugin's name under NAME_KEY, the rest checked by the plugin's options class."""
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a table, got {describe(value)}")
@@ -91,4 +104,4 @@ def _build_ref(ref_cls: type[PluginRef], registry: Registry, value: Any, path: s
     if not isinstance(name, str):
         raise ConfigError(f"{name_path}: expected str, got {describe(name)}")
     entry = registry.get(name, name_path)
-    return ref_cls(name, from_dict(entry.options, options, path), entry.implementation)
+    return ref_cls(name, from_dict(entry.options, options, path, **paths), entry.implementation)

@@ -7,14 +7,18 @@ default to None (TOML has no null, so a saved recipe simply leaves them out).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import attrs
 
+from csm_adapt.config.structure import OUTPUT, SOURCE
 from csm_adapt.config.sweep import SweepConfig
+from csm_adapt.errors import SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.plugin_api import Turn
+from csm_adapt.model.sources import is_local
+from csm_adapt.plugin_api import Sample, Turn
 
 # `owner/name` on the Hugging Face hub.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -54,7 +58,9 @@ def _source(instance, attribute, value) -> None:
     nothing is downloaded to check it."""
     if value is None or value == "offline":
         return
-    if not (HUB_ID.fullmatch(value) or Path(value).expanduser().exists()):
+    if is_local(value) and not Path(value).expanduser().exists():
+        if HUB_ID.fullmatch(value):  # shaped like a hub id, but its first part is a local folder
+            raise ValueError(f'"{value}": no such file or directory', attribute)
         raise ValueError(f'"{value}" is neither an existing path, a hub id like "owner/name", nor "offline"', attribute)
 
 
@@ -74,7 +80,22 @@ class PluginRef:
 
 
 class ReaderRef(PluginRef):
-    pass
+    def read(self) -> Iterator[Sample]:
+        """Build the reader and yield its samples; a bad sample's error names the reader and its source."""
+        reader = self.create()
+        label = f'reader "{self.name}" ({type(reader).__module__}.{type(reader).__qualname__})'
+        previous = None
+        try:
+            for sample in reader.read():
+                if not isinstance(sample, Sample):
+                    raise SampleError(
+                        f"yielded {type(sample).__name__} {sample!r:.80}, not a csm_adapt.plugin_api.Sample"
+                    )
+                previous = sample.source
+                yield sample
+        except SampleError as e:
+            where = f" (the sample after {previous})" if previous and not str(e).startswith(previous) else ""
+            raise SampleError(f"{label}: {e}{where}") from None
 
 
 class LossRef(PluginRef):
@@ -89,15 +110,15 @@ class LoggerRef(PluginRef):
 class ModelConfig:
     config: str = attrs.field(default="csm-1b", validator=_model_config)  # shape, from MODEL_CONFIGS
     # None: random weights of `config`, for tests and the offline demo; finetuning names a checkpoint.
-    checkpoint: str | None = attrs.field(default=None, validator=_source)
-    text_tokenizer: str = attrs.field(default="unsloth/Llama-3.2-1B", validator=_source)
-    audio_codec: str = attrs.field(default="kyutai/moshiko-pytorch-bf16", validator=_source)
+    checkpoint: str | None = attrs.field(default=None, validator=_source, metadata=SOURCE)
+    text_tokenizer: str = attrs.field(default="unsloth/Llama-3.2-1B", validator=_source, metadata=SOURCE)
+    audio_codec: str = attrs.field(default="kyutai/moshiko-pytorch-bf16", validator=_source, metadata=SOURCE)
 
 
 @attrs.frozen(kw_only=True)
 class DataConfig:
     reader: ReaderRef
-    out: Path  # where the prepared shards go
+    out: Path = attrs.field(metadata=OUTPUT)  # where the prepared shards go
     max_rows: int = attrs.field(default=2048, validator=_positive)  # longer samples are rejected
     # Validation: the samples of `val_reader` when given, else this fraction of `reader`'s
     # clips (or speakers, `val_by`), chosen by hashing their id (or speaker) with `seed`.
@@ -179,7 +200,7 @@ class SamplesConfig:
 
 @attrs.frozen(kw_only=True)
 class OutputConfig:
-    run_dir: Path
+    run_dir: Path = attrs.field(metadata=OUTPUT)
 
 
 @attrs.frozen(kw_only=True)

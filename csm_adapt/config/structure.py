@@ -3,17 +3,22 @@
 This is the one way configs are built from dicts in the project. Every error names the full key
 path (`train.lr: expected float, got str "abc"`); unknown keys are rejected with the valid ones.
 Supported field types: attrs classes, str/int/float/bool (an int is accepted for a float), Path,
-Literal, `X | None` and other unions, list[X], tuple[X, ...], dict[str, X] and Any.
-Relative paths are made absolute against the current directory, so a saved config means the same
-thing wherever it is loaded from. Optional fields must default to None: `to_dict` drops None values
-(TOML has no null).
+Literal, `X | None` and other unions, list[X], tuple[X, ...], dict[str, X] and Any;
+`unsupported_fields` lists the fields of a class that use anything else.
+Relative paths are made absolute, so a saved config means the same thing wherever it is loaded
+from: against `base_dir` (a recipe's folder) when given, else the current directory. A field marked
+`metadata=OUTPUT` (a folder a run writes), and any key in `cwd_keys` (given on the command line), is
+made absolute against the current directory instead; a `metadata=SOURCE` str (a local path or a hub
+id) is taken relative to `base_dir` when that names an existing file or folder. Optional fields must
+default to None: `to_dict` drops None values (TOML has no null).
 """
 
 from __future__ import annotations
 
+import os
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -27,9 +32,23 @@ FromDictHooks = Mapping[type, Callable[[Any, str], Any]]
 ToDictHooks = Mapping[type, Callable[[Any], Any]]
 
 
-def from_dict(cls: type, data: Any, path: str = "", hooks: FromDictHooks | None = None) -> Any:
+# Field metadata for how a relative path is resolved (see the module docstring).
+PATH_KIND = "csm_adapt_path"
+OUTPUT = {PATH_KIND: "output"}
+SOURCE = {PATH_KIND: "source"}
+
+
+def from_dict(
+    cls: type,
+    data: Any,
+    path: str = "",
+    hooks: FromDictHooks | None = None,
+    *,
+    base_dir: Path | None = None,
+    cwd_keys: Collection[str] = (),
+) -> Any:
     """Build `cls` (usually an attrs class) from `data`; `path` prefixes key paths in errors."""
-    return _Builder(hooks or {}).build(cls, data, path)
+    return _Builder(hooks or {}, base_dir, frozenset(cwd_keys)).build(cls, data, path)
 
 
 def to_dict(obj: Any, hooks: ToDictHooks | None = None) -> Any:
@@ -51,6 +70,39 @@ def to_dict(obj: Any, hooks: ToDictHooks | None = None) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def unsupported_fields(cls: type, path: str = "") -> list[str]:
+    """What `from_dict` could not build in attrs class `cls`: ["field `tags` has type set[str]", ...].
+
+    Checked when a plugin registers its options class, so the mistake shows up then rather than
+    the first time a recipe sets the key.
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as e:  # an annotation naming something undefined
+        return [f"the annotations of {cls.__name__} cannot be resolved ({type(e).__name__}: {e})"]
+    return [problem for f in attrs.fields(cls) if f.init for problem in _problems(hints[f.name], join(path, f.name))]
+
+
+def _problems(tp: Any, path: str) -> list[str]:
+    if tp is Any or tp in (str, int, float, bool, Path):
+        return []
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return [problem for arg in args if arg is not type(None) for problem in _problems(arg, path)]
+    if origin is Literal:
+        return []
+    if origin is list and len(args) == 1:
+        return _problems(args[0], path)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _problems(args[0], path)
+    if origin is dict and len(args) == 2 and args[0] is str:
+        return _problems(args[1], path)
+    if attrs.has(tp):
+        return unsupported_fields(tp, path)
+    shown = str(tp).replace("typing.", "") if args else getattr(tp, "__name__", str(tp))
+    return [f"field `{path}` has type {shown}, which a recipe cannot give"]
 
 
 def join(path: str, key: str | int) -> str:
@@ -75,6 +127,15 @@ def _type_name(tp: Any) -> str:
 @attrs.frozen
 class _Builder:
     hooks: FromDictHooks
+    base_dir: Path | None = None
+    cwd_keys: frozenset[str] = frozenset()
+
+    def _base(self, path: str) -> Path | None:
+        """Where a relative path at key `path` starts from (None: the current directory)."""
+        keys = path.split(".")
+        if any(".".join(keys[:i]) in self.cwd_keys for i in range(1, len(keys) + 1)):
+            return None
+        return self.base_dir
 
     def build(self, tp: Any, value: Any, path: str) -> Any:
         if tp in self.hooks:
@@ -106,7 +167,12 @@ class _Builder:
         kwargs = {}
         for f in fields:
             if f.name in value:
-                kwargs[f.name] = self.build(hints[f.name], value[f.name], join(path, f.name))
+                key = join(path, f.name)
+                kind = f.metadata.get(PATH_KIND)
+                builder = attrs.evolve(self, base_dir=None) if kind == "output" else self
+                kwargs[f.name] = builder.build(hints[f.name], value[f.name], key)
+                if kind == "source" and isinstance(kwargs[f.name], str):
+                    kwargs[f.name] = self._source(kwargs[f.name], key)
             elif f.default is attrs.NOTHING:
                 raise ConfigError(f"{join(path, f.name)}: missing required key")
         try:
@@ -116,6 +182,12 @@ class _Builder:
             if len(e.args) > 1 and isinstance(e.args[1], attrs.Attribute):
                 raise ConfigError(f"{join(path, e.args[1].name)}: {e.args[0]}") from None
             raise ConfigError(f"{path or cls.__name__}: {e}") from None
+
+    def _source(self, value: str, path: str) -> str:
+        base = self._base(path)
+        if base is None or Path(value).expanduser().is_absolute() or not (base / value).exists():
+            return value
+        return os.path.normpath(base / value)
 
     def _union(self, args: tuple, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
@@ -160,7 +232,8 @@ class _Builder:
             if isinstance(value, Path):
                 return value
             if isinstance(value, str):
-                return Path(value).expanduser().absolute()
+                base = self._base(path) or Path.cwd()
+                return Path(os.path.normpath(base / Path(value).expanduser()))
         elif tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import attrs
 
+from csm_adapt.config.structure import OUTPUT
+
 # Optuna stores categorical choices as these types only.
 CHOICE_TYPES = (bool, int, float, str)
 
@@ -133,7 +135,7 @@ class SweepConfig:
     # the loss strategy's weights cannot make a trial look better. Minimised.
     objective: Literal["val/loss", "val/loss_c0", "val/loss_decoder"] = "val/loss"
     study_name: str | None = None  # None: the name of output.run_dir
-    dir: Path | None = None  # None: `<output.run_dir>-sweep`
+    dir: Path | None = attrs.field(default=None, metadata=OUTPUT)  # None: `<output.run_dir>-sweep`
     pruner: PrunerConfig = attrs.field(factory=PrunerConfig)
     sampler: SamplerConfig = attrs.field(factory=SamplerConfig)
 

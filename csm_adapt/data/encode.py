@@ -81,9 +81,13 @@ def encode_shard(
     max_rows: int,
     batch_seconds: float,
     min_seconds: float = 0.0,
-    advance: Callable[[int], None] = lambda n: None,
+    advance: Callable[[float], None] = lambda n: None,
 ) -> ShardResult:
-    """Prepared samples and rejects of `samples`, in reading order; `advance(n)` reports progress."""
+    """Prepared samples and rejects of `samples`, in reading order.
+
+    `advance(n)` reports progress in samples, as it happens: half a sample when it is decoded, the
+    other half as its clips' encode batches finish (a rejected sample counts whole at once).
+    """
     started = time.perf_counter()
     result = ShardResult()
     pending: list[tuple[str, Sample, list[_Clip]]] = []  # pieces waiting for their codes
@@ -94,6 +98,7 @@ def encode_shard(
             result.rejects.append(reject)
             advance(1)
             continue
+        advance(0.5)
         for piece_id, clips in pieces:
             if not any(clip.turn.target for clip in clips):
                 detail = f"{sample.source}: {piece_id} has no target turn (nothing to train on)"
@@ -104,11 +109,9 @@ def encode_shard(
                 pending.append((piece_id, sample, clips))
         pending_samples += 1
         if sum(clip.seconds for _, _, clips in pending for clip in clips) >= _WINDOW_BATCHES * batch_seconds:
-            _flush(pending, frontend.codec, batch_seconds, result)
-            advance(pending_samples)
+            _flush(pending, frontend.codec, batch_seconds, result, advance, pending_samples / 2)
             pending_samples = 0
-    _flush(pending, frontend.codec, batch_seconds, result)
-    advance(pending_samples)
+    _flush(pending, frontend.codec, batch_seconds, result, advance, pending_samples / 2)
     result.elapsed = time.perf_counter() - started
     return result
 
@@ -160,12 +163,22 @@ def _split(clips: list[_Clip], max_rows: int) -> list[list[_Clip]]:
     return pieces
 
 
-def _flush(pending: list, codec: AudioCodec, batch_seconds: float, result: ShardResult) -> None:
-    """Encode every pending clip, then turn the pending pieces into prepared samples, in order."""
+def _flush(
+    pending: list,
+    codec: AudioCodec,
+    batch_seconds: float,
+    result: ShardResult,
+    advance: Callable[[float], None],
+    work: float,
+) -> None:
+    """Encode every pending clip, then turn the pending pieces into prepared samples, in order.
+
+    `advance` gets each encode batch's share of `work` (progress units) once the batch is encoded."""
     clips = [clip for _, _, piece in pending for clip in piece]
     for batch in _batches(clips, batch_seconds):
         for clip, codes in zip(batch, codec.encode([clip.wav for clip in batch])):
             clip.codes, clip.wav = codes, None  # free the audio as soon as it is encoded
+        advance(work * len(batch) / len(clips))
     for piece_id, sample, piece in pending:
         result.samples.append(_prepared(piece_id, sample, piece))
     result.clips += len(clips)

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from csm_adapt.data import format as fmt
 from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
 from csm_adapt.data.format import read_index
+from csm_adapt.data.kept import check_kept
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
 
@@ -90,7 +91,8 @@ class _Split:
 
     @classmethod
     def read(cls, data_dir: Path, split: str, on_corrupt: OnCorrupt = "stop") -> _Split:
-        entries = [s for s in read_index(data_dir).split(split).shards if s.samples > 0]
+        index = read_index(data_dir)
+        entries = [s for s in index.split(split).shards if s.samples > 0]
         shards, skipped = [], set()
         for entry in entries:
             shard = _Shard(Path(data_dir) / entry.name, entry)
@@ -103,6 +105,8 @@ class _Split:
                 continue
             shards.append(shard)
         if not shards:
+            if not entries:
+                check_kept(index.summary, Path(data_dir), split)  # names the reject reasons when nothing was kept
             what = "no undamaged samples" if entries else "no samples"
             raise CsmAdaptError(f"{fmt.index_path(data_dir)}: split {split!r} has {what}")
         return cls(

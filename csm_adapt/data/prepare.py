@@ -25,7 +25,6 @@ from typing import Any
 
 import attrs
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
@@ -44,11 +43,13 @@ from csm_adapt.data.format import (
     sample_key,
     shard_name,
 )
+from csm_adapt.data.kept import check_kept
 from csm_adapt.data.shard_writer import write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.files import DirLock, remove_stale_temps, reported_writes, write_text_atomic
 from csm_adapt.plugin_api import Malformed, Sample
+from csm_adapt.terminal import Progress, make_console
 
 PROGRESS = ".progress"  # per-shard records and the data recipe of an unfinished run
 
@@ -112,11 +113,13 @@ def prepare(
     when present); `frontend` passes an already loaded tokenizer and codec (they must be the ones
     `model` names).
     """
-    console = console or Console()
+    console = console or make_console()
     out, recipe, digest = data.out, data_recipe(data, model), data_hash(data, model)
     if not rebuild and prepared_is_current(data, model):  # read-only: needs no lock
         console.print(f"[green]{out} is up to date[/] (data hash {digest})")
-        return _read_json(out / INDEX)
+        index = _read_json(out / INDEX)
+        check_kept(index["summary"], out)
+        return index
     _refuse_other_recipe(out, recipe, digest, rebuild)
     resume = f"csm-adapt prepare RECIPE (or `csm-adapt run RECIPE`) with data.out={out}"
     with (
@@ -126,7 +129,9 @@ def prepare(
         if rebuild:
             _clear(out)
         elif prepared_is_current(data, model):  # another process finished it while we waited
-            return _read_json(out / INDEX)
+            index = _read_json(out / INDEX)
+            check_kept(index["summary"], out)
+            return index
         progress_dir = out / PROGRESS
         progress_dir.mkdir(parents=True, exist_ok=True)
         for directory in (out, progress_dir):
@@ -143,6 +148,7 @@ def prepare(
         shutil.rmtree(progress_dir)
     timings = _timings(records)
     _print_summary(index.summary, timings, out, console)
+    check_kept(index.summary, out)  # after writing: rejects.jsonl says why
     return {**index.to_json(), "timings": timings}
 
 
@@ -205,28 +211,21 @@ def _encode_shards(
     shards: list[_Shard], data: DataConfig, frontend: Frontend, progress_dir: Path, console: Console
 ) -> list[dict]:
     """Each shard's record, encoding and writing the shards that have none yet."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     records = []
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("prepare", total=sum(len(shard.samples) for shard in shards))
+    total = sum(len(shard.samples) for shard in shards)
+    with Progress(console, total, unit="samples", description="prepare") as progress:
         for shard in shards:
             record_path = progress_dir / f"{shard.name}.json"
             record = _read_json(record_path)
             if record is None or not (data.out / shard.name).is_file():
-                progress.update(task, description=f"prepare {shard.name}")
+                progress.describe(f"prepare {shard.name}")
                 result = encode_shard(
                     shard.samples,
                     frontend,
                     max_rows=data.max_rows,
                     batch_seconds=data.encode_batch_seconds,
                     min_seconds=data.min_clip_seconds,
-                    advance=lambda n: progress.advance(task, n),
+                    advance=progress.advance,
                 )
                 written = write_shard(data.out / shard.name, result.samples)
                 record = {
@@ -243,7 +242,7 @@ def _encode_shards(
                 }
                 _write_json(record_path, record)  # after the shard: a record means the shard is complete
             else:
-                progress.advance(task, len(shard.samples))
+                progress.advance(len(shard.samples))
             records.append(record)
     return records
 

@@ -3,6 +3,6 @@
 (`rows`), frame-by-frame generation (`generation`), the text tokenizer and the Mimi audio codec, and
 text -> speech with all three (`synthesizer`).
 
-May import: `csm_adapt.errors`, `csm_adapt.audio_io` and itself; nothing from data, training,
+May import: `csm_adapt.errors`, `audio_io`, `files` and itself; nothing from data, training,
 config, the plugin engine, sweeps or commands (tests/test_architecture.py enforces it).
 """

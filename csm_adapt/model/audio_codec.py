@@ -19,6 +19,7 @@ import torch
 from moshi.models import loaders
 
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.model.sources import is_local
 
 DEFAULT_SOURCE = loaders.DEFAULT_REPO
 NUM_CODEBOOKS = 32
@@ -94,8 +95,8 @@ def _weights_path(source: str) -> Path:
     path = Path(source).expanduser()
     if path.is_file():
         return path
-    if source.endswith(".safetensors") or source.startswith((".", "/", "~")):
-        raise CsmAdaptError(f"{source}: Mimi weights file not found")
+    if source.endswith(".safetensors") or is_local(source):
+        raise CsmAdaptError(f"{source}: Mimi weights file not found (no such file or directory)")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -27,13 +27,16 @@ from csm_adapt.errors import CheckpointError, ConfigError
 from csm_adapt.files import chmod_like_new_file
 from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
 from csm_adapt.model.csm import CSM
+from csm_adapt.model.sources import is_local
 from csm_adapt.model.transformers_layout import from_transformers, to_transformers
 
 CONFIG = "config.json"
+# The tokenizer and codec a checkpoint was trained with, written beside the weights by csm-adapt
+# (see model/synthesizer.py); Sesame's loader and transformers ignore it.
+FRONTEND_FILE = "csm_adapt.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 LEGACY_WEIGHTS = "ckpt.pt"
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 Layout = Literal["original", "transformers"]
 
@@ -90,11 +93,20 @@ def save_model(
 def convert(
     source: str | Path, out_dir: str | Path, *, to: Literal["transformers", "sesame"], dtype=torch.float32
 ) -> Path:
-    """Rewrite a checkpoint in the transformers layout or Sesame's original one."""
+    """Rewrite a checkpoint in the transformers layout or Sesame's original one.
+
+    The tokenizer/codec record (`csm_adapt.json`) goes along, so the converted checkpoint still
+    generates with the tokenizer and codec it was trained with.
+    """
     if to not in ("transformers", "sesame"):
         raise ValueError(f"to must be 'transformers' or 'sesame', got {to!r}")
-    model = load_model(source, dtype=dtype)
-    return save_model(model, out_dir, layout="transformers" if to == "transformers" else "original", dtype=dtype)
+    path = _resolve(source)
+    model = load_model(path, dtype=dtype)
+    out = save_model(model, out_dir, layout="transformers" if to == "transformers" else "original", dtype=dtype)
+    record = (path if path.is_dir() else path.parent) / FRONTEND_FILE
+    if record.is_file():
+        _write_atomic(out / FRONTEND_FILE, lambda tmp: shutil.copyfile(record, tmp))
+    return out
 
 
 def _write_atomic(target: Path, write) -> None:
@@ -111,12 +123,18 @@ def _write_atomic(target: Path, write) -> None:
         raise
 
 
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A local path as it is; a hub id downloaded (or found in the cache) with only the files we read
+    (config, weights of the layout found, and the csm_adapt.json record if there is one)."""
+    return _resolve(source)
+
+
 def _resolve(source: str | Path) -> Path:
-    """A local path as it is; a hub id downloaded (or found in the cache) with only the files we read."""
+    """See resolve_checkpoint."""
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if isinstance(source, Path) or not _HUB_ID.match(source):
+    if isinstance(source, Path) or is_local(source):
         raise CheckpointError(f"{source}: no such checkpoint file or directory (nor a hub id like 'owner/name')")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -124,7 +142,7 @@ def _resolve(source: str | Path) -> Path:
     try:
         # Config first, so that only the weights of the layout found are fetched (not ckpt.pt and
         # model.safetensors both). Offline (HF_HUB_OFFLINE=1) both calls return the cached snapshot.
-        snapshot = Path(snapshot_download(source, allow_patterns=[CONFIG, WEIGHTS_INDEX]))
+        snapshot = Path(snapshot_download(source, allow_patterns=[CONFIG, WEIGHTS_INDEX, FRONTEND_FILE]))
         weights = [WEIGHTS, "model-*-of-*.safetensors"] if (snapshot / CONFIG).exists() else [LEGACY_WEIGHTS]
         return Path(snapshot_download(source, allow_patterns=weights))
     except (HfHubHTTPError, LocalEntryNotFoundError) as e:

@@ -18,7 +18,7 @@ import torch
 from csm_adapt.audio_io import load_audio
 from csm_adapt.errors import ConfigError
 from csm_adapt.model.audio_codec import AudioCodec
-from csm_adapt.model.checkpoint import load_model
+from csm_adapt.model.checkpoint import FRONTEND_FILE, load_model, resolve_checkpoint
 from csm_adapt.model.csm import CSM
 from csm_adapt.model.generation import FRAME_MS, generate_frames
 from csm_adapt.model.rows import text_rows, utterance_rows
@@ -26,9 +26,8 @@ from csm_adapt.model.text_tokenizer import TextTokenizer
 
 DEFAULT_TEXT_TOKENIZER = "unsloth/Llama-3.2-1B"
 DEFAULT_AUDIO_CODEC = "kyutai/moshiko-pytorch-bf16"
-# Written beside checkpoints that csm-adapt trains, so that a checkpoint made with the offline
-# tokenizer and codec generates with them too. The reference loader ignores the extra file.
-FRONTEND_FILE = "csm_adapt.json"
+# FRONTEND_FILE (csm_adapt.json) is written beside checkpoints that csm-adapt trains, so that a
+# checkpoint made with the offline tokenizer and codec generates with them too.
 
 
 @attrs.frozen
@@ -80,9 +79,10 @@ class Synthesizer:
     ) -> Synthesizer:
         """Model from a hub id or a local checkpoint; tokenizer and codec from the arguments, else
         from the checkpoint's `csm_adapt.json`, else the sources CSM-1B was released with."""
-        recorded = _frontend_defaults(model)
+        path = resolve_checkpoint(model)  # a hub id's snapshot holds its csm_adapt.json too
+        recorded = _frontend_defaults(path if path.is_dir() else path.parent)
         return cls(
-            load_model(model, device=device, dtype=dtype),
+            load_model(path, device=device, dtype=dtype),
             TextTokenizer.load(text_tokenizer or recorded.get("text_tokenizer", DEFAULT_TEXT_TOKENIZER)),
             AudioCodec.load(audio_codec or recorded.get("audio_codec", DEFAULT_AUDIO_CODEC), device=device),
         )

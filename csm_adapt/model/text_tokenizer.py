@@ -11,6 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, processors
 
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.model.sources import is_local
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
@@ -90,8 +91,8 @@ def _resolve(source: str) -> Path:
         return path
     if path.is_file():
         return path
-    if source.endswith(".json") or source.startswith((".", "/", "~")):
-        raise CsmAdaptError(f"{source}: tokenizer file not found")
+    if source.endswith(".json") or is_local(source):
+        raise CsmAdaptError(f"{source}: tokenizer file not found (no such file or directory)")
     return _download(source)
 
 

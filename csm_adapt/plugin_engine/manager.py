@@ -4,12 +4,20 @@ Order: installed plugins (entry-point group `csm_adapt`, the built-ins included)
 local plugins a recipe lists, in the recipe's order. Order decides only the listing order: a name
 registered twice is an error (see registries.py). Plugins named in the comma-separated environment
 variable CSM_ADAPT_BLOCK_PLUGINS are never imported.
+
+An installed plugin that fails to load (its module does not import, a hook is misspelt or has a
+wrong argument, a `register_*` function lacks `@hookimpl`) is set aside as a `BrokenPlugin` rather
+than stopping everything: `csm-adapt --help`, `--version` and `plugins` still work and list it, and
+whatever needs the plugins fails with one line naming the distribution, the entry point and the
+way out (blocking it). A recipe's local plugins fail at once: the recipe's author is at hand.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Iterable
@@ -32,25 +40,57 @@ class PluginInfo:
     source: str  # the distribution's name, or the file/module a recipe listed
 
 
+@attrs.frozen
+class BrokenPlugin:
+    """An installed plugin that could not be loaded, and why."""
+
+    name: str  # the entry point's name, which CSM_ADAPT_BLOCK_PLUGINS takes
+    version: str
+    source: str  # the distribution's name
+    entry_point: str  # "name = module" as the distribution declares it
+    error: str  # one line
+
+    def message(self) -> str:
+        return (
+            f"installed plugin {self.name} (distribution {self.source} {self.version}, entry point "
+            f"{self.entry_point!r} in group {hooks.PROJECT!r}) is broken: {self.error}. "
+            f"Fix or uninstall it (pip uninstall {self.source}), or skip it: {BLOCK_ENV}={self.name}"
+        )
+
+
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager, also remembering where each local plugin came from."""
+    """pluggy's manager, also remembering where each plugin came from and which installed ones broke."""
 
     def __init__(self) -> None:
         super().__init__(hooks.PROJECT)
         self.add_hookspecs(hooks)
         self.local_sources: dict[str, str] = {}
+        self.dists: dict[str, tuple[str, str]] = {}  # installed plugin -> (distribution, version)
+        self.entry_points: dict[str, str] = {}  # installed plugin -> "name = module"
+        self.broken: list[BrokenPlugin] = []
 
     def infos(self) -> list[PluginInfo]:
-        dists = {self.get_name(plugin): dist for plugin, dist in self.list_plugin_distinfo()}
         infos = []
         for name, plugin in self.list_name_plugin():
             if plugin is None:  # pluggy lists blocked names too
                 continue
-            if name in dists:
-                infos.append(PluginInfo(name, dists[name].version, dists[name].project_name))
+            if name in self.dists:
+                dist, version = self.dists[name]
+                infos.append(PluginInfo(name, version, dist))
             else:
                 infos.append(PluginInfo(name, "local", self.local_sources[name]))
         return infos
+
+    def set_broken(self, name: str, error: str) -> None:
+        """Unregister installed plugin `name` (whatever it registered so far) and record why it broke."""
+        dist, version = self.dists.pop(name)
+        if self.has_plugin(name):
+            self.unregister(name=name)
+        self.broken.append(BrokenPlugin(name, version, dist, self.entry_points[name], _one_line(error)))
+
+    def raise_if_broken(self) -> None:
+        if self.broken:
+            raise PluginError(self.broken[0].message())
 
 
 def blocked_plugins() -> set[str]:
@@ -62,19 +102,40 @@ def resolve_local(spec: str, base_dir: Path) -> str:
     return str((base_dir / spec).resolve()) if spec.endswith(".py") else spec
 
 
-def load_plugins(local: Iterable[str] = ()) -> PluginManager:
-    """Installed plugins, then `local` ones (resolved specs); fails on a hook no spec defines."""
+def load_plugins(local: Iterable[str] = (), *, strict: bool = True) -> PluginManager:
+    """Installed plugins, then `local` ones (resolved specs).
+
+    A local plugin with a mistake fails at once (PluginError). A broken installed plugin fails too
+    when `strict`; otherwise it is left out and listed in `pm.broken`.
+    """
     pm = PluginManager()
     for name in blocked_plugins():
         pm.set_blocked(name)
-    try:
-        pm.load_setuptools_entrypoints(hooks.PROJECT)
-    except pluggy.PluginValidationError as e:
-        raise PluginError(" ".join(str(e).split())) from None
+    _load_installed(pm)
     for spec in local:
         _load_local(pm, spec)
-    _check_hook_names(pm)
+    if strict:
+        pm.raise_if_broken()
     return pm
+
+
+def _load_installed(pm: PluginManager) -> None:
+    """pluggy's load_setuptools_entrypoints, with each plugin's failure recorded instead of raised."""
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != hooks.PROJECT or pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            if ep.name in pm.dists:  # the same distribution found twice on sys.path
+                continue
+            pm.dists[ep.name] = (dist.metadata["Name"], dist.version)
+            pm.entry_points[ep.name] = f"{ep.name} = {ep.value}"
+            try:
+                module = ep.load()
+                _check_module(module, ep.name)
+                pm.register(module, name=ep.name)
+                _check_hook_names(pm, module, ep.name)
+            except Exception as e:  # anything at all: one plugin must not take the CLI down
+                pm.set_broken(ep.name, e if isinstance(e, PluginError) else f"{type(e).__name__}: {e}")
 
 
 def _load_local(pm: PluginManager, spec: str) -> None:
@@ -101,10 +162,12 @@ def _load_local(pm: PluginManager, spec: str) -> None:
     if pm.has_plugin(name):
         raise PluginError(f'two plugins are named "{name}": {source} and {_source_of(pm, name)}')
     try:
+        _check_module(module, f"{name} ({source})")
         pm.register(module, name)
+        pm.local_sources[name] = source
+        _check_hook_names(pm, module, f"{name} ({source})")
     except pluggy.PluginValidationError as e:
-        raise PluginError(" ".join(str(e).split())) from None
-    pm.local_sources[name] = source
+        raise PluginError(f"plugin {name} ({source}): {_one_line(e)}") from None
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -125,14 +188,28 @@ def _source_of(pm: PluginManager, name: str) -> str:
     return next(info.source for info in pm.infos() if info.name == name)
 
 
-def _check_hook_names(pm: PluginManager) -> None:
-    """pluggy's check_pending, with an error that names the plugin and the valid hooks."""
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        name = pm.get_name(e.plugin)
-        unknown = ", ".join(c.name for c in pm.get_hookcallers(e.plugin) if not c.has_spec())
-        valid = ", ".join(hooks.hook_names())
-        raise PluginError(
-            f"plugin {name} ({_source_of(pm, name)}): unknown hook {unknown}; valid hooks: {valid}"
-        ) from None
+def _check_hook_names(pm: PluginManager, module: ModuleType, label: str) -> None:
+    """pluggy's check_pending for one plugin, with an error that names it and the valid hooks."""
+    unknown = ", ".join(c.name for c in pm.get_hookcallers(module) or () if not c.has_spec())
+    if unknown:
+        raise PluginError(f"plugin {label}: unknown hook {unknown}; valid hooks: {', '.join(hooks.hook_names())}")
+
+
+def _check_module(module: ModuleType, label: str) -> None:
+    """A hook function without `@hookimpl` registers nothing, silently: say so instead."""
+    marker = f"{hooks.PROJECT}_impl"
+    for attr, value in vars(module).items():
+        if (
+            attr.startswith("register_")
+            and inspect.isfunction(value)
+            and value.__module__ == module.__name__
+            and not hasattr(value, marker)
+        ):
+            raise PluginError(
+                f"plugin {label}: function {attr} has no @hookimpl, so csm-adapt never calls it; "
+                "decorate it with @hookimpl (from csm_adapt import hookimpl)"
+            )
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())

@@ -20,6 +20,7 @@ from csm_adapt.sweep.report import report
 from csm_adapt.sweep.space import check_space
 from csm_adapt.sweep.study import open_storage, open_study, retry_interrupted
 from csm_adapt.sweep.worker import Job
+from csm_adapt.terminal import make_console
 
 
 def sweep_dir(recipe: Recipe) -> Path:
@@ -35,7 +36,7 @@ def run_sweep(
     workers_per_gpu: int = 1, storage: str | None = None, console: Console | None = None,
 ) -> Path | None:  # fmt: skip
     """Run (or resume) the sweep of `recipe_path`'s [sweep] table; returns best.toml's path."""
-    console = console or Console()
+    console = console or make_console()
     recipe = load_recipe(recipe_path, overrides)
     if recipe.sweep is None:
         raise ConfigError(f"{recipe_path}: no [sweep] table: nothing to search (see the sweep section of the README)")
