@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
@@ -18,13 +18,26 @@ class NoOptions:
     """Options class for a plugin that takes none: any key under its table is rejected."""
 
 
+@runtime_checkable
+class AudioSource(Protocol):
+    """Audio that is not a file of its own, e.g. bytes inside a dataset's parquet rows.
+
+    `fetch()` returns the encoded bytes (any format soundfile reads) or the path of a file holding
+    them, and raises `csm_adapt.errors.AudioError` when there are none (reason "missing"). It is
+    called when the prepare step decodes the clip, not when the reader yields it. `str()` names the
+    audio in messages and rejects.
+    """
+
+    def fetch(self) -> bytes | Path: ...
+
+
 @attrs.frozen
 class Turn:
     """One speaker's utterance. `start`/`end` (seconds) cut a span out of a longer `audio` file."""
 
     speaker: int | None
     text: str
-    audio: Path
+    audio: Path | AudioSource
     start: float | None = None
     end: float | None = None
     # False for context turns the model hears but is not trained to say.

@@ -109,10 +109,12 @@ def prepare(
     progress_dir.mkdir(parents=True, exist_ok=True)
     _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
 
-    read_rejects, shards = _plan(data)
+    read_rejects, shards, reader_info = _plan(data)
     frontend = frontend or _load_frontend(model, device)
     records = _encode_shards(shards, data, frontend, progress_dir, console)
     index = _index(data, model, frontend, shards, records, read_rejects)
+    if reader_info:
+        index["reader_info"] = reader_info
     rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
     _write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     _write_json(out / INDEX, index)
@@ -121,11 +123,17 @@ def prepare(
     return index
 
 
-def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
-    """Read and split the samples and cut each split into shards; duplicate ids are rejected."""
-    samples = list(data.reader.create().read())
+def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard], dict]:
+    """Read and split the samples and cut each split into shards; duplicate ids are rejected.
+
+    Also returns what readers with an `index_info()` method (e.g. a speaker numbering) want
+    recorded in index.json, by recipe key ("reader", "val_reader").
+    """
+    readers = {"reader": data.reader.create()}
+    samples = list(readers["reader"].read())
     if data.val_reader is not None:
-        train, val = samples, list(data.val_reader.create().read())
+        readers["val_reader"] = data.val_reader.create()
+        train, val = samples, list(readers["val_reader"].read())
     else:
         train, val = split_samples(samples, data.val_fraction, data.val_by, data.seed)
     rejects, seen = [], set()
@@ -149,7 +157,8 @@ def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
         for split, kept in splits.items()
         for i in range(0, len(kept), n)
     ]
-    return rejects, shards
+    info = {key: reader.index_info() for key, reader in readers.items() if hasattr(reader, "index_info")}
+    return rejects, shards, {key: value for key, value in info.items() if value}
 
 
 def _encode_shards(
