@@ -22,7 +22,7 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
 
     from csm_adapt.config.recipe import load_recipe, print_recipe, save_recipe
     from csm_adapt.data.prepare import prepare
-    from csm_adapt.training.distributed import barrier, init_distributed, pick_device, shutdown
+    from csm_adapt.training.distributed import init_distributed, pick_device, shutdown
     from csm_adapt.training.loop import train
 
     resolved = load_recipe(recipe, overrides)
@@ -32,9 +32,8 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
     if main:
         print_recipe(resolved, console)
         console.print(f"resolved recipe saved to {save_recipe(resolved)}")
-        # Rank 0 prepares (or checks) the shards while the other ranks wait.
-        prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console)
-    barrier(d)
+    # All ranks prepare (or check) the shards, each encoding its share; all return when it is done.
+    prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console if main else Console(quiet=True))
     try:
         final = train(resolved, resume=resume)
     finally:

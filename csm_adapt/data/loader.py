@@ -30,12 +30,12 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
 from csm_adapt.data.packing import Packer
+from csm_adapt.data.ranks import rank_and_world
 from csm_adapt.errors import CsmAdaptError
 
 INDEX_VERSION = 1
@@ -200,12 +200,6 @@ class _TrainStream(IterableDataset):
             epoch, skip = epoch + 1, 0
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class TrainLoader:
     """Endless iterator of training batches for one rank; `state` / `load_state` resume it exactly.
 
@@ -228,7 +222,7 @@ class TrainLoader:
         split = _Split.read(data_dir, "train")
         split.check_fits(packer)
         if rank is None or world_size is None:
-            rank, world_size = _distributed()
+            rank, world_size = rank_and_world()
         slots = world_size * max(1, num_workers)
         if split.num_samples < slots:
             raise CsmAdaptError(

@@ -6,6 +6,11 @@ a small record (its stats and rejects) in `<out>/.progress/`. A killed run start
 shards that have a record, and ends with the same bytes as an uninterrupted run. `index.json` is
 written last: its presence means the data are complete.
 
+Under torchrun every rank plans the same shards and encodes every world-th one (on its own GPU);
+rank 0 writes `index.json` from the shard records once all ranks are done. The output folder must be
+one all ranks see (a shared file system). Shard bytes do not depend on the rank, so the result is
+that of a single-process run.
+
 The data-relevant part of the recipe (`data_recipe`) is hashed into index.json. A recipe whose data
 part changed is refused rather than mixed with old shards, unless `rebuild` is set.
 """
@@ -28,6 +33,7 @@ from rich.table import Table
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
 from csm_adapt.config.structure import to_dict
 from csm_adapt.data.encode import Frontend, Reject, encode_shard
+from csm_adapt.data.ranks import Ranks
 from csm_adapt.data.shard_writer import sample_key, write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
@@ -95,32 +101,47 @@ def prepare(
     another data recipe unless `rebuild`, which deletes them first. `device` runs decoding,
     resampling and Mimi (default: CUDA when present); `frontend` passes an already loaded tokenizer
     and codec (they must be the ones `model` names).
+
+    Under torchrun (the default process group initialised), every rank must call it: the ranks
+    share the shards, and all return once rank 0 has written index.json.
     """
     console = console or Console()
     out, recipe, digest = data.out, data_recipe(data, model), data_hash(data, model)
-    if rebuild:
-        _clear(out)
-    else:
-        _refuse_other_recipe(out, recipe, digest)
-        if prepared_is_current(data, model):
-            console.print(f"[green]{out} is up to date[/] (data hash {digest})")
-            return _read_json(out / INDEX)
-    progress_dir = out / PROGRESS
-    progress_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
+    ranks = Ranks()
+    try:
+        if not rebuild:
+            # Every rank checks before any rank writes (the barrier below), so all see the same.
+            _refuse_other_recipe(out, recipe, digest)
+            if prepared_is_current(data, model):
+                console.print(f"[green]{out} is up to date[/] (data hash {digest})")
+                return _read_json(out / INDEX)
+        progress_dir = out / PROGRESS
+        if ranks.is_main:
+            if rebuild:
+                _clear(out)
+            progress_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
+        ranks.barrier()
 
-    read_rejects, shards, reader_info = _plan(data)
-    frontend = frontend or _load_frontend(model, device)
-    records = _encode_shards(shards, data, frontend, progress_dir, console)
-    index = _index(data, model, frontend, shards, records, read_rejects)
-    if reader_info:
-        index["reader_info"] = reader_info
-    rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
-    _write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-    _write_json(out / INDEX, index)
-    shutil.rmtree(progress_dir)
-    _print_summary(index["summary"], out, console)
-    return index
+        read_rejects, shards, reader_info = _plan(data)
+        frontend = frontend or _load_frontend(model, device)
+        # Each rank encodes every world-th shard; a shard's bytes do not depend on who encodes it.
+        _encode_shards(shards[ranks.rank :: ranks.world], data, frontend, progress_dir, console)
+        ranks.barrier()
+        if ranks.is_main:
+            records = [_read_json(progress_dir / f"{shard.name}.json") for shard in shards]
+            index = _index(data, model, frontend, shards, records, read_rejects)
+            if reader_info:
+                index["reader_info"] = reader_info
+            rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
+            _write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+            _write_json(out / INDEX, index)
+            shutil.rmtree(progress_dir)
+            _print_summary(index["summary"], out, console)
+        ranks.barrier()
+        return _read_json(out / INDEX)
+    finally:
+        ranks.close()
 
 
 def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard], dict]:
@@ -163,8 +184,8 @@ def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard], dict]:
 
 def _encode_shards(
     shards: list[_Shard], data: DataConfig, frontend: Frontend, progress_dir: Path, console: Console
-) -> list[dict]:
-    """Each shard's record, encoding and writing the shards that have none yet."""
+) -> None:
+    """Encode and write the shards that have no record yet, then their records."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -172,7 +193,6 @@ def _encode_shards(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    records = []
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("prepare", total=sum(len(shard.samples) for shard in shards))
         for shard in shards:
@@ -201,8 +221,6 @@ def _encode_shards(
                 _write_json(record_path, record)  # after the shard: a record means the shard is complete
             else:
                 progress.advance(task, len(shard.samples))
-            records.append(record)
-    return records
 
 
 def _load_frontend(model: ModelConfig, device: str | None) -> Frontend:
@@ -212,7 +230,10 @@ def _load_frontend(model: ModelConfig, device: str | None) -> Frontend:
     from csm_adapt.model.audio_codec import AudioCodec
     from csm_adapt.model.text_tokenizer import TextTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None and torch.cuda.is_available():
+        # Under torchrun each rank of a node encodes on its own GPU.
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    device = device or "cpu"
     return Frontend(TextTokenizer.load(model.text_tokenizer), AudioCodec.load(model.audio_codec, device))
 
 
