@@ -8,6 +8,7 @@ TorchCodec + FFmpeg for it.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torchaudio.functional
 
 from csm_adapt.errors import AudioError
+from csm_adapt.plugin_api import AudioSource
 
 SAMPLE_RATE = 24_000
 
@@ -26,7 +28,7 @@ _END_TOLERANCE_S = 0.01
 
 
 def load_audio(
-    path: str | os.PathLike,
+    path: str | os.PathLike | AudioSource,
     *,
     start: float | None = None,
     end: float | None = None,
@@ -35,16 +37,24 @@ def load_audio(
 ) -> torch.Tensor:
     """Decode `path` (or its `start`..`end` slice, in seconds) to 1-D float32 mono at `sample_rate`.
 
-    Only the requested slice is read from disk. Channels are averaged. Resampling runs on
+    `path` may also be an `AudioSource` (audio bytes held by a dataset). Only the requested slice
+    is read from disk. Channels are averaged. Resampling runs on
     `device` (e.g. CUDA) when given. Raises `AudioError` naming the file and the reason.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found", reason="missing")
-    if not os.access(path, os.R_OK):
-        raise AudioError(f"{path}: permission denied", reason="unreadable")
+    source: Path | io.BytesIO
+    if isinstance(path, AudioSource):
+        fetched = path.fetch()
+        # Bytes are decoded in memory and named by their source; a path takes the file checks below.
+        path, source = (Path(str(path)), io.BytesIO(fetched)) if isinstance(fetched, bytes) else (fetched, fetched)
+    else:
+        path = source = Path(path)
+    if isinstance(source, Path):
+        if not path.is_file():
+            raise AudioError(f"{path}: file not found", reason="missing")
+        if not os.access(path, os.R_OK):
+            raise AudioError(f"{path}: permission denied", reason="unreadable")
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(source) as f:
             file_rate, total = f.samplerate, f.frames
             if total == 0:
                 raise AudioError(f"{path}: empty audio (0 samples)", reason="empty audio")

@@ -14,6 +14,7 @@ from csm_adapt.commands.generate import generate
 from csm_adapt.commands.plugins import plugins
 from csm_adapt.commands.prepare import prepare
 from csm_adapt.commands.run import run
+from csm_adapt.commands.segment import segment
 from csm_adapt.commands.sweep import sweep
 from csm_adapt.commands.validate import validate
 from csm_adapt.errors import CsmAdaptError, PluginError
@@ -56,7 +57,7 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, validate, generate, convert, plugins):
+for command in (run, sweep, prepare, segment, validate, generate, convert, plugins):
     cli.add_command(command)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
@@ -28,6 +28,19 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@runtime_checkable
+class AudioSource(Protocol):
+    """Audio that is not a file of its own, e.g. bytes inside a dataset's parquet rows.
+
+    `fetch()` returns the encoded bytes (any format soundfile reads) or the path of a file holding
+    them, and raises `csm_adapt.errors.AudioError` when there are none (reason "missing"). It is
+    called when the prepare step decodes the clip, not when the reader yields it. `str()` names the
+    audio in messages and rejects.
+    """
+
+    def fetch(self) -> bytes | Path: ...
+
+
 @attrs.frozen
 class Turn:
     """One speaker's utterance. `start`/`end` (seconds) cut a span out of a longer `audio` file.
@@ -38,7 +51,7 @@ class Turn:
 
     speaker: int | None
     text: str
-    audio: Path = attrs.field(converter=lambda value: Path(value) if isinstance(value, str) else value)
+    audio: Path | AudioSource = attrs.field(converter=lambda value: Path(value) if isinstance(value, str) else value)
     start: float | None = None
     end: float | None = None
     # False for context turns the model hears but is not trained to say.
@@ -50,8 +63,8 @@ class Turn:
             problems.append(f"speaker must be an int or None, got {_describe(self.speaker)}")
         if not isinstance(self.text, str):
             problems.append(f"text must be a str, got {_describe(self.text)}")
-        if not isinstance(self.audio, Path):
-            problems.append(f"audio must be a Path or str, got {_describe(self.audio)}")
+        if not isinstance(self.audio, (Path, AudioSource)):
+            problems.append(f"audio must be a Path, a str or an AudioSource, got {_describe(self.audio)}")
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None and not _is_number(value):

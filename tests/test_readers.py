@@ -37,7 +37,12 @@ def one_malformed(reader) -> str:
 def test_builtin_readers_register_through_their_entry_points():
     registries = collect(load_plugins(), click.Group())
     plugins = {name: entry.plugin for name, entry in registries.readers.entries.items()}
-    assert plugins == {"json": "json_reader", "ljspeech": "ljspeech_reader", "conversation": "conversation_reader"}
+    assert plugins == {
+        "json": "json_reader",
+        "ljspeech": "ljspeech_reader",
+        "conversation": "conversation_reader",
+        "hf_datasets": "hf_datasets_reader",
+    }
 
 
 # --- json ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from csm_adapt.run_report import format_report, run_report, shown
 from csm_adapt.terminal import make_console
@@ -26,7 +27,7 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
     from csm_adapt.config.recipe import load_recipe, print_recipe, save_recipe
     from csm_adapt.data.prepare import prepare
     from csm_adapt.model.sources import check_model_sources
-    from csm_adapt.training.distributed import barrier, init_distributed, pick_device, shutdown
+    from csm_adapt.training.distributed import init_distributed, pick_device, shutdown
     from csm_adapt.training.loop import claim_run_dir, train
 
     resolved = load_recipe(recipe, overrides)
@@ -41,9 +42,9 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
             if verbose:
                 print_recipe(resolved, console)
             console.print(f"resolved recipe saved to {save_recipe(resolved)}")
-            # Rank 0 prepares (or checks) the shards while the other ranks wait.
-            prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console)
-        barrier(d)
+        # All ranks prepare (or check) the shards, each encoding its share; all return when it is done.
+        quiet = Console(quiet=True)
+        prepare(resolved.data, resolved.model, rebuild=rebuild_data, console=console if main else quiet)
         try:
             final = train(resolved, resume=resume)
         finally:

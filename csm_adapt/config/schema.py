@@ -18,7 +18,7 @@ from csm_adapt.config.sweep import SweepConfig
 from csm_adapt.errors import SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.model.sources import is_local
-from csm_adapt.plugin_api import Sample, Turn
+from csm_adapt.plugin_api import Malformed, Sample, Turn
 
 # `owner/name` on the Hugging Face hub.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -80,13 +80,17 @@ class PluginRef:
 
 
 class ReaderRef(PluginRef):
-    def read(self) -> Iterator[Sample]:
-        """Build the reader and yield its samples; a bad sample's error names the reader and its source."""
-        reader = self.create()
+    def read(self, reader: Any = None) -> Iterator[Sample | Malformed]:
+        """Yield the samples (and `Malformed` records) of `reader`, built from this reference unless
+        given; a bad sample's error names the reader and its source."""
+        reader = reader if reader is not None else self.create()
         label = f'reader "{self.name}" ({type(reader).__module__}.{type(reader).__qualname__})'
         previous = None
         try:
             for sample in reader.read():
+                if isinstance(sample, Malformed):
+                    yield sample
+                    continue
                 if not isinstance(sample, Sample):
                     raise SampleError(
                         f"yielded {type(sample).__name__} {sample!r:.80}, not a csm_adapt.plugin_api.Sample"

@@ -105,6 +105,9 @@ class Index:
     data: dict[str, Any]  # the data recipe itself
     splits: dict[str, SplitEntry]
     summary: dict[str, Any]  # counts for people; nothing reads them back
+    # What readers record about the data, by recipe key ("reader", "val_reader"): e.g. the speaker
+    # numbering of the hf_datasets reader. Empty for readers that record nothing.
+    reader_info: dict[str, Any] = attrs.field(factory=dict)
 
     def to_json(self) -> dict:
         return attrs.asdict(self, value_serializer=_plain)

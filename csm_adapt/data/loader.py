@@ -42,7 +42,6 @@ from typing import Literal
 import attrs
 import numpy as np
 import torch
-import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -51,6 +50,7 @@ from csm_adapt.data.batches import Batch, SampleRows, collate, sample_rows
 from csm_adapt.data.format import read_index
 from csm_adapt.data.kept import check_kept
 from csm_adapt.data.packing import Packer
+from csm_adapt.data.ranks import rank_and_world
 from csm_adapt.errors import CsmAdaptError
 
 OnCorrupt = Literal["stop", "skip"]
@@ -346,12 +346,6 @@ class _Failure:
     message: str
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class TrainLoader:
     """Endless iterator of training batches for one rank; `state` / `load_state` resume it exactly.
 
@@ -376,7 +370,7 @@ class TrainLoader:
         split = _Split.read(data_dir, "train", on_corrupt)
         split.check_fits(packer)
         if rank is None or world_size is None:
-            rank, world_size = _distributed()
+            rank, world_size = rank_and_world()
         slots = world_size * max(1, num_workers)
         if split.num_samples < slots:
             raise CsmAdaptError(

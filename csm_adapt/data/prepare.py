@@ -10,14 +10,21 @@ data recipe and the input (timings are printed and returned, never stored).
 One `prepare` at a time per `data.out`: an OS lock on the folder refuses a second one (naming its
 PID); holding it, leftover temporary files of a killed run are deleted.
 
+Under torchrun every rank plans the same shards and encodes every world-th one (on its own GPU);
+rank 0 writes `index.json` from the shard records once all ranks are done. The output folder must be
+one all ranks see (a shared file system). Shard bytes do not depend on the rank, so the result is
+that of a single-process run.
+
 The data-relevant part of the recipe (`data_recipe`) is hashed into index.json. A recipe whose data
 part changed is refused rather than mixed with old shards, unless `rebuild` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -44,6 +51,7 @@ from csm_adapt.data.format import (
     shard_name,
 )
 from csm_adapt.data.kept import check_kept
+from csm_adapt.data.ranks import Ranks
 from csm_adapt.data.shard_writer import write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
@@ -112,53 +120,81 @@ def prepare(
     process prepares the same folder. `device` runs decoding, resampling and Mimi (default: CUDA
     when present); `frontend` passes an already loaded tokenizer and codec (they must be the ones
     `model` names).
+
+    Under torchrun (the default process group initialised), every rank must call it: the ranks
+    share the shards, and all return once rank 0 has written index.json.
     """
     console = console or make_console()
     out, recipe, digest = data.out, data_recipe(data, model), data_hash(data, model)
-    if not rebuild and prepared_is_current(data, model):  # read-only: needs no lock
-        console.print(f"[green]{out} is up to date[/] (data hash {digest})")
-        index = _read_json(out / INDEX)
-        check_kept(index["summary"], out)
-        return index
-    _refuse_other_recipe(out, recipe, digest, rebuild)
-    resume = f"csm-adapt prepare RECIPE (or `csm-adapt run RECIPE`) with data.out={out}"
-    with (
-        reported_writes(out, "The shards written so far are kept and will not be encoded again", resume),
-        DirLock(out, "csm-adapt prepare"),
-    ):
-        if rebuild:
-            _clear(out)
-        elif prepared_is_current(data, model):  # another process finished it while we waited
+    ranks = Ranks()
+    try:
+        if not rebuild and prepared_is_current(data, model):  # read-only: needs no lock
+            console.print(f"[green]{out} is up to date[/] (data hash {digest})")
             index = _read_json(out / INDEX)
             check_kept(index["summary"], out)
             return index
-        progress_dir = out / PROGRESS
-        progress_dir.mkdir(parents=True, exist_ok=True)
-        for directory in (out, progress_dir):
-            remove_stale_temps(directory)
-        _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
+        # Every rank checks before any rank writes (the barrier below), so all see the same.
+        _refuse_other_recipe(out, recipe, digest, rebuild)
+        resume = f"csm-adapt prepare RECIPE (or `csm-adapt run RECIPE`) with data.out={out}"
+        # Rank 0 holds the folder's lock for all ranks of this prepare.
+        lock = DirLock(out, "csm-adapt prepare") if ranks.is_main else contextlib.nullcontext()
+        with reported_writes(out, "The shards written so far are kept and will not be encoded again", resume), lock:
+            progress_dir = out / PROGRESS
+            if ranks.is_main:
+                if rebuild:
+                    _clear(out)
+                progress_dir.mkdir(parents=True, exist_ok=True)
+                for directory in (out, progress_dir):
+                    remove_stale_temps(directory)
+                _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
+            ranks.barrier()
+            if not rebuild and prepared_is_current(data, model):  # another process finished it while we waited
+                index = _read_json(out / INDEX)
+                check_kept(index["summary"], out)
+                return index
 
-        read_rejects, shards = _plan(data)
-        frontend = frontend or _load_frontend(model, device)
-        records = _encode_shards(shards, data, frontend, progress_dir, console)
-        index = _index(data, model, frontend, shards, records, read_rejects)
-        rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
-        write_text_atomic(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-        write_text_atomic(out / INDEX, dump_index(index))
-        shutil.rmtree(progress_dir)
+            read_rejects, shards, reader_info = _plan(data)
+            frontend = frontend or _load_frontend(model, device)
+            # Each rank encodes every world-th shard; a shard's bytes do not depend on who encodes it.
+            _encode_shards(shards[ranks.rank :: ranks.world], data, frontend, progress_dir, console)
+            ranks.barrier()
+            if ranks.is_main:
+                records = [_read_json(progress_dir / f"{shard.name}.json") for shard in shards]
+                index = _index(data, model, frontend, shards, records, read_rejects, reader_info)
+                rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
+                write_text_atomic(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+                write_text_atomic(out / INDEX, dump_index(index))
+                shutil.rmtree(progress_dir)
+            ranks.barrier()
+    finally:
+        ranks.close()
+    if not ranks.is_main:
+        index = _read_json(out / INDEX)
+        check_kept(index["summary"], out)
+        return index
     timings = _timings(records)
     _print_summary(index.summary, timings, out, console)
     check_kept(index.summary, out)  # after writing: rejects.jsonl says why
     return {**index.to_json(), "timings": timings}
 
 
-def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
+def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard], dict]:
     """Read and split the samples and cut each split into shards; duplicate ids and malformed
-    metadata records are rejected."""
+    metadata records are rejected.
+
+    Also returns what readers with an `index_info()` method (e.g. a speaker numbering) want
+    recorded in index.json, by recipe key ("reader", "val_reader").
+    """
     rejects: list[Reject] = []
-    samples = _read_samples(data.reader, "data.reader", data.max_malformed_share, rejects)
+    readers = {"reader": data.reader.create()}
+    samples = _read_samples(readers["reader"], data.reader, "data.reader", data.max_malformed_share, rejects)
     if data.val_reader is not None:
-        train, val = samples, _read_samples(data.val_reader, "data.val_reader", data.max_malformed_share, rejects)
+        readers["val_reader"] = data.val_reader.create()
+        val_ref = data.val_reader
+        train, val = (
+            samples,
+            _read_samples(readers["val_reader"], val_ref, "data.val_reader", data.max_malformed_share, rejects),
+        )
     else:
         train, val = split_samples(samples, data.val_fraction, data.val_by, data.seed)
     seen = set()
@@ -184,14 +220,15 @@ def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard]]:
         for split, kept in splits.items()
         for i in range(0, len(kept), n)
     ]
-    return rejects, shards
+    info = {key: reader.index_info() for key, reader in readers.items() if hasattr(reader, "index_info")}
+    return rejects, shards, {key: value for key, value in info.items() if value}
 
 
-def _read_samples(ref: ReaderRef, key: str, max_share: float, rejects: list[Reject]) -> list[Sample]:
+def _read_samples(reader, ref: ReaderRef, key: str, max_share: float, rejects: list[Reject]) -> list[Sample]:
     """A reader's samples; its malformed records go to `rejects`, unless they are so many that the
     reader was clearly given the wrong layout."""
     samples, malformed = [], []
-    for item in ref.create().read():
+    for item in ref.read(reader):
         if isinstance(item, Malformed):
             malformed.append(Reject("", item.source, "", item.reason, item.detail))
         else:
@@ -254,7 +291,10 @@ def _load_frontend(model: ModelConfig, device: str | None) -> Frontend:
     from csm_adapt.model.audio_codec import AudioCodec
     from csm_adapt.model.text_tokenizer import TextTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None and torch.cuda.is_available():
+        # Under torchrun each rank of a node encodes on its own GPU.
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    device = device or "cpu"
     return Frontend(TextTokenizer.load(model.text_tokenizer), AudioCodec.load(model.audio_codec, device))
 
 
@@ -265,6 +305,7 @@ def _index(
     shards: list[_Shard],
     records: list[dict],
     read_rejects: list[Reject],
+    reader_info: dict,
 ) -> Index:
     entries: dict[str, list[ShardEntry]] = {split: [] for split in SPLITS}
     for shard, record in zip(shards, records):
@@ -293,6 +334,7 @@ def _index(
         data=data_recipe(data, model),
         splits=splits,
         summary=summary,
+        reader_info=reader_info,
     )
 
 

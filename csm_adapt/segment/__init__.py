@@ -1,0 +1,1 @@
+"""`csm-adapt segment`: long recordings -> clips at pauses + metadata.jsonl for the `json` reader."""
