@@ -45,4 +45,8 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
         console.print(f"  best model:   {run_dir / 'checkpoints' / 'best'}")
         console.print(f"  samples:      {run_dir / 'samples'}")
         console.print(f"  metrics:      tensorboard --logdir {run_dir}")
-        console.print(f'  speak with:   csm-adapt generate --model {final} --text "..." --out out.wav')
+        if resolved.adapter is None:
+            console.print(f'  speak with:   csm-adapt generate --model {final} --text "..." --out out.wav')
+        else:
+            console.print(f'  speak with:   csm-adapt generate --adapter {final} --text "..." --out out.wav')
+            console.print(f"  merge with:   csm-adapt merge {final} {run_dir / 'merged'}")

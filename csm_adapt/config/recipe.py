@@ -17,7 +17,7 @@ from rich.syntax import Syntax
 
 from csm_adapt.config import toml_io
 from csm_adapt.config.overrides import apply_overrides
-from csm_adapt.config.schema import LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
+from csm_adapt.config.schema import AdapterRef, LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
 from csm_adapt.config.structure import describe, from_dict, join, to_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.plugin_engine.manager import load_plugins, resolve_local
@@ -73,13 +73,14 @@ def print_recipe(recipe: Recipe, console: Console) -> None:
 
 def _plugin_ref_builders(registries: Registries) -> dict:
     return {
-        ReaderRef: partial(_build_ref, ReaderRef, registries.readers),
-        LossRef: partial(_build_ref, LossRef, registries.losses),
-        LoggerRef: partial(_build_ref, LoggerRef, registries.loggers),
+        ReaderRef: partial(build_plugin_ref, ReaderRef, registries.readers),
+        LossRef: partial(build_plugin_ref, LossRef, registries.losses),
+        LoggerRef: partial(build_plugin_ref, LoggerRef, registries.loggers),
+        AdapterRef: partial(build_plugin_ref, AdapterRef, registries.adapters),
     }
 
 
-def _build_ref(ref_cls: type[PluginRef], registry: Registry, value: Any, path: str) -> PluginRef:
+def build_plugin_ref(ref_cls: type[PluginRef], registry: Registry, value: Any, path: str) -> PluginRef:
     """A plugin table: the plugin's name under NAME_KEY, the rest checked by the plugin's options class."""
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a table, got {describe(value)}")
