@@ -189,3 +189,44 @@ class Logger:
 
     def close(self) -> None:
         pass
+
+
+class Adapter:
+    """Base class for adapters, built as `AdapterClass(options)`.
+
+    An adapter changes a CSM in place so that a few parameters train and the rest stay frozen, and
+    knows how to save, reload and merge what it trains. The base model's parameters keep their
+    original names (`backbone.layers.0.attn.q_proj.weight`), so what an adapter saves never depends
+    on how it wraps the model. `state_dict` and `load_state_dict` here cover every parameter that
+    trains (`requires_grad`), which is right for most adapters; `apply` and `merge` are the adapter's own.
+    """
+
+    def __init__(self, options):
+        self.options = options
+
+    def apply(self, model: torch.nn.Module) -> None:
+        """Change `model` in place and set `requires_grad` on every parameter: True exactly for what trains."""
+        raise NotImplementedError
+
+    def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter's weights (and any base parameters it trains fully), by their names in `model`."""
+        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Put weights from `state_dict` back into a model this adapter was applied to."""
+        import torch
+
+        expected = set(self.state_dict(model))
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"adapter weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+
+    def merge(self, model: torch.nn.Module) -> None:
+        """Fold the adapter into the base weights: afterwards `model` is a plain CSM of the original layout."""
+        raise NotImplementedError

@@ -15,7 +15,16 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 @click.command()
-@click.option("--model", "model_source", required=True, help="Hub id (sesame/csm-1b) or checkpoint directory.")
+@click.option(
+    "--model",
+    "model_source",
+    help="Hub id (sesame/csm-1b) or checkpoint directory [with --adapter: the base its adapter.json names].",
+)
+@click.option(
+    "--adapter",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An adapter directory (adapter.json + adapter.safetensors) to speak with, unmerged, over --model.",
+)
 @click.option("--text", "texts", multiple=True, required=True, help="Text to speak; repeat for a batch.")
 @click.option("--speaker", type=int, default=0, show_default=True, help="Speaker id of the generated speech.")
 @click.option(
@@ -38,6 +47,7 @@ def output_paths(out: Path, count: int) -> list[Path]:
 )
 def generate(
     model_source,
+    adapter,
     texts,
     speaker,
     context,
@@ -54,6 +64,8 @@ def generate(
     """Speak each --text with a CSM checkpoint and write 24 kHz wav files.
 
     Example: csm-adapt generate --model sesame/csm-1b --text "Marie aime les pommes." --speaker 0 --out out.wav
+
+    With an adapter: csm-adapt generate --adapter runs/french-lora/checkpoints/final --text "Bonjour."
     """
     import numpy as np
 
@@ -63,8 +75,20 @@ def generate(
 
     device = pick_device(device, 0)
     console = make_console()
+    if model_source is None and adapter is None:
+        raise click.UsageError("give --model, --adapter or both")
     with console.status("loading model, tokenizer and codec"):
-        speech = Synthesizer.load(model_source, text_tokenizer=text_tokenizer, audio_codec=audio_codec, device=device)
+        if adapter is None:
+            speech = Synthesizer.load(
+                model_source, text_tokenizer=text_tokenizer, audio_codec=audio_codec, device=device
+            )
+        else:
+            from csm_adapt.training.adapters import load_adapted
+
+            model, _ = load_adapted(adapter, model_source, device=device)
+            speech = Synthesizer.around(
+                model, adapter, text_tokenizer=text_tokenizer, audio_codec=audio_codec, device=device
+            )
     segments = [Segment(speaker=s, text=t, audio=p) for s, t, p in context]
     with console.status(f"generating {len(texts)} utterance(s)"):
         results = speech.generate(

@@ -12,7 +12,7 @@ from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
 from csm_adapt.terminal import make_console
 
-KINDS = ("readers", "losses", "loggers", "commands")
+KINDS = ("readers", "losses", "loggers", "adapters", "commands")
 
 
 @click.command()
@@ -36,6 +36,7 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
             "readers": registries.readers.names_by(info.name),
             "losses": registries.losses.names_by(info.name),
             "loggers": registries.loggers.names_by(info.name),
+            "adapters": registries.adapters.names_by(info.name),
             "commands": [name for name, plugin in registries.commands.items() if plugin == info.name],
         }
         rows.append({"name": info.name, "version": info.version, "source": info.source, **registered})

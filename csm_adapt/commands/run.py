@@ -53,4 +53,8 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: bool, rebuild_data: bo
         console.print(f"[green]done.[/] final model: {shown(final)}")
         for line in format_report(run_report(resolved.output.run_dir, resolved.data.out)):
             console.print(line, markup=False, highlight=False)
-        console.print(f'speak with: csm-adapt generate --model {shown(final)} --text "..." --out out.wav')
+        if resolved.adapter is None:
+            console.print(f'speak with: csm-adapt generate --model {shown(final)} --text "..." --out out.wav')
+        else:
+            console.print(f'speak with: csm-adapt generate --adapter {shown(final)} --text "..." --out out.wav')
+            console.print(f"merge with: csm-adapt merge {shown(final)} {shown(resolved.output.run_dir / 'merged')}")

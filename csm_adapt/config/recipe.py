@@ -22,7 +22,7 @@ from rich.syntax import Syntax
 
 from csm_adapt.config import toml_io
 from csm_adapt.config.overrides import apply_overrides
-from csm_adapt.config.schema import LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
+from csm_adapt.config.schema import AdapterRef, LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
 from csm_adapt.config.structure import describe, from_dict, join, to_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.plugin_engine.manager import load_plugins, resolve_local
@@ -86,13 +86,16 @@ def print_recipe(recipe: Recipe, console: Console) -> None:
 
 def _plugin_ref_builders(registries: Registries, paths: dict) -> dict:
     return {
-        ReaderRef: partial(_build_ref, ReaderRef, registries.readers, paths),
-        LossRef: partial(_build_ref, LossRef, registries.losses, paths),
-        LoggerRef: partial(_build_ref, LoggerRef, registries.loggers, paths),
+        ReaderRef: partial(build_plugin_ref, ReaderRef, registries.readers, paths=paths),
+        LossRef: partial(build_plugin_ref, LossRef, registries.losses, paths=paths),
+        LoggerRef: partial(build_plugin_ref, LoggerRef, registries.loggers, paths=paths),
+        AdapterRef: partial(build_plugin_ref, AdapterRef, registries.adapters, paths=paths),
     }
 
 
-def _build_ref(ref_cls: type[PluginRef], registry: Registry, paths: dict, value: Any, path: str) -> PluginRef:
+def build_plugin_ref(
+    ref_cls: type[PluginRef], registry: Registry, value: Any, path: str, *, paths: dict | None = None
+) -> PluginRef:
     """A plugin table: the plugin's name under NAME_KEY, the rest checked by the plugin's options class."""
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a table, got {describe(value)}")
@@ -104,4 +107,4 @@ def _build_ref(ref_cls: type[PluginRef], registry: Registry, paths: dict, value:
     if not isinstance(name, str):
         raise ConfigError(f"{name_path}: expected str, got {describe(name)}")
     entry = registry.get(name, name_path)
-    return ref_cls(name, from_dict(entry.options, options, path, **paths), entry.implementation)
+    return ref_cls(name, from_dict(entry.options, options, path, **(paths or {})), entry.implementation)

@@ -110,6 +110,10 @@ class LoggerRef(PluginRef):
     pass
 
 
+class AdapterRef(PluginRef):
+    pass
+
+
 @attrs.frozen(kw_only=True)
 class ModelConfig:
     config: str = attrs.field(default="csm-1b", validator=_model_config)  # shape, from MODEL_CONFIGS
@@ -169,6 +173,10 @@ class TrainConfig:
     precision: str = attrs.field(default="bf16", validator=_in("bf16", "fp16", "fp32"))
     trainable: str = attrs.field(default="all", validator=_in("all", "backbone", "decoder"))
     freeze_text_embeddings: bool = False
+    # adamw8bit keeps both moments in 8 bits (the `lowmem` extra); see README "Adapters and memory".
+    optimizer: str = attrs.field(default="adamw", validator=_in("adamw", "adamw8bit"))
+    # With an [adapter]: the frozen base weights in bf16 (half the memory); needs precision = "bf16".
+    frozen_dtype: str = attrs.field(default="fp32", validator=_in("fp32", "bf16"))
     activation_checkpointing: bool = False
     compile: bool = False
     parallel: str = attrs.field(default="ddp", validator=_in("ddp", "fsdp"))  # under torchrun
@@ -218,3 +226,20 @@ class Recipe:
     samples: SamplesConfig = attrs.field(factory=SamplesConfig)
     output: OutputConfig
     sweep: SweepConfig | None = None  # read by `csm-adapt sweep` only
+    # None: every parameter `train.trainable` names trains (full finetuning); else the adapter decides.
+    adapter: AdapterRef | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # One way to choose what trains: `train.trainable` without an adapter, the adapter's options with one.
+        field = attrs.fields(Recipe).adapter
+        t = self.train
+        if self.adapter is not None and (t.trainable != "all" or t.freeze_text_embeddings):
+            raise ValueError(
+                "with an adapter, the adapter decides what trains: leave train.trainable and "
+                "train.freeze_text_embeddings at their defaults (use the adapter's own options)",
+                field,
+            )
+        if t.frozen_dtype != "fp32" and self.adapter is None:
+            raise ValueError('train.frozen_dtype = "bf16" needs an adapter (a full finetune has no frozen base)', field)
+        if t.frozen_dtype == "bf16" and t.precision != "bf16":
+            raise ValueError('train.frozen_dtype = "bf16" needs train.precision = "bf16"', field)

@@ -80,9 +80,26 @@ class Synthesizer:
         """Model from a hub id or a local checkpoint; tokenizer and codec from the arguments, else
         from the checkpoint's `csm_adapt.json`, else the sources CSM-1B was released with."""
         path = resolve_checkpoint(model)  # a hub id's snapshot holds its csm_adapt.json too
-        recorded = _frontend_defaults(path if path.is_dir() else path.parent)
+        return cls.around(
+            load_model(path, device=device, dtype=dtype), path if path.is_dir() else path.parent,
+            text_tokenizer=text_tokenizer, audio_codec=audio_codec, device=device,
+        )  # fmt: skip
+
+    @classmethod
+    def around(
+        cls,
+        model: CSM,
+        recorded_in: str | os.PathLike,
+        *,
+        text_tokenizer: str | None = None,
+        audio_codec: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Synthesizer:
+        """A model already loaded (e.g. with an adapter on it); tokenizer and codec from the arguments,
+        else from the `csm_adapt.json` in directory `recorded_in`, else CSM-1B's."""
+        recorded = _frontend_defaults(recorded_in)
         return cls(
-            load_model(path, device=device, dtype=dtype),
+            model,
             TextTokenizer.load(text_tokenizer or recorded.get("text_tokenizer", DEFAULT_TEXT_TOKENIZER)),
             AudioCodec.load(audio_codec or recorded.get("audio_codec", DEFAULT_AUDIO_CODEC), device=device),
         )

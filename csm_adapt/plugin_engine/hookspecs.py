@@ -40,6 +40,14 @@ def register_loggers(register):
 
 
 @hookspec
+def register_adapters(register):
+    """Register adapters (LoRA and the like): `register(name, AdapterClass, options=OptionsClass)`.
+
+    An adapter is built as `AdapterClass(options)`; see `csm_adapt.plugin_api.Adapter`.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the `csm-adapt` group, e.g. with `@cli.command()`."""
 

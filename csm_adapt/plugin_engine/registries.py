@@ -1,4 +1,4 @@
-"""What the loaded plugins provide: readers, loss strategies, loggers and commands, by name.
+"""What the loaded plugins provide: readers, loss strategies, loggers, adapters and commands, by name.
 
 Names are unique across all plugins: registering a name twice fails, naming both plugins, rather
 than letting load order silently decide which one a recipe gets. An options class is checked when
@@ -74,6 +74,7 @@ class Registries:
     readers: Registry = attrs.field(factory=lambda: Registry("reader"))
     losses: Registry = attrs.field(factory=lambda: Registry("loss strategy"))
     loggers: Registry = attrs.field(factory=lambda: Registry("logger"))
+    adapters: Registry = attrs.field(factory=lambda: Registry("adapter"))
     commands: dict[str, str] = attrs.field(factory=dict)  # command name -> plugin
 
 
@@ -89,6 +90,7 @@ def collect(pm: PluginManager, cli: click.Group, *, strict: bool = True) -> Regi
         ("register_dataset_readers", registries.readers),
         ("register_loss_strategies", registries.losses),
         ("register_loggers", registries.loggers),
+        ("register_adapters", registries.adapters),
     ):
         # One impl at a time (not `pm.hook.<name>(...)`) so `register` knows which plugin calls it.
         for impl in getattr(pm.hook, hook_name).get_hookimpls():

@@ -25,6 +25,7 @@ from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import RunInfo
 from csm_adapt.training import parallel
+from csm_adapt.training.adapters import AdapterSpec, BaseModel, apply_adapter, load_weights
 from csm_adapt.training.distributed import Dist, all_reduce_sum, init_distributed, pick_device
 from csm_adapt.training.loggers import LoggerFanOut
 from csm_adapt.training.losses import loss_parts
@@ -119,7 +120,7 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
 
     # Model, what trains, optimizer, schedule.
     model = _build_model(recipe, device)
-    set_trainable(model, cfg)
+    adapter = _apply_adapter(recipe, model, d)
     model.backbone.checkpoint_layers = model.decoder.checkpoint_layers = cfg.activation_checkpointing
     model.train()
     wrapped = parallel.wrap(model, cfg.parallel, d)
@@ -148,10 +149,13 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
     samples = SampleWriter(recipe, model, device, run_dir, d.is_main) if recipe.samples.prompts else None
     state = TrainerState(wrapped, optimizer, scheduler, scaler, train_loader, frame_gen, d)
 
-    start, best_val = _resume(run_dir, state) if resume else (0, math.inf)
+    start, best_val = _resume(run_dir, state, model if adapter else None) if resume else (0, math.inf)
     with LoggerFanOut.open(recipe, run_dir, d) as loggers:
         loggers.begin(RunInfo(cfg.steps, start, recipe_to_dict(recipe), recipe_to_toml(recipe)))
-        batches = iter(train_loader)
+        # DataLoader draws a seed from the global RNG when iterated: kept out of the stream that dropout
+        # (adapters) uses, which a resumed run has just restored.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(train_loader)
         totals = Totals.zeros(model.num_codebooks, device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         throughput, last_good = Throughput(), latest_step_dir(run_dir)
@@ -207,18 +211,18 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
                         full = parallel.full_model(wrapped)
                         if d.is_main:
                             best = {"step": done, "val_loss": best_val}
-                            save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, best)
+                            save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, best, adapter)
                 if samples and _due(done, recipe.samples.every, cfg.steps):
                     samples.write(done, loggers)
                 if _due(done, cfg.checkpoint_every, cfg.steps):
                     trainer_state, full = state.capture(done, best_val), parallel.full_model(wrapped)
                     if d.is_main:
-                        last_good = save_step(run_dir, done, full, frontend, trainer_state, cfg.keep_last)
+                        last_good = save_step(run_dir, done, full, frontend, trainer_state, cfg.keep_last, adapter)
 
         final = checkpoints_dir(run_dir) / "final"
         full = parallel.full_model(wrapped)
         if d.is_main:
-            save_model_dir(final, full, frontend)
+            save_model_dir(final, full, frontend, adapter=adapter)
         loggers.log_hparams(recipe_to_dict(recipe), {"best_val_loss": best_val})
         return final
 
@@ -240,8 +244,25 @@ def _refuse_to_mix_runs(run_dir: Path, resume: bool) -> None:
         )
 
 
-def _resume(run_dir: Path, state: TrainerState) -> tuple[int, float]:
+def _apply_adapter(recipe: Recipe, model, d: Dist) -> AdapterSpec | None:
+    """What trains: the recipe's adapter decides, else `train.trainable`."""
+    cfg = recipe.train
+    if recipe.adapter is None:
+        set_trainable(model, cfg)
+        return None
+    if d.enabled and cfg.parallel == "fsdp":
+        # FSDP's full-state gathering rebuilds a plain CSM; adapters are small enough for DDP.
+        raise TrainingError('adapters train with train.parallel = "ddp", not "fsdp"')
+    apply_adapter(model, recipe.adapter, torch.bfloat16 if cfg.frozen_dtype == "bf16" else None)
+    return AdapterSpec(recipe.adapter, BaseModel.of(recipe), recipe.plugins)
+
+
+def _resume(run_dir: Path, state: TrainerState, adapted) -> tuple[int, float]:
+    """Weights and trainer state of the newest step checkpoint; `adapted`: the model when an adapter trains."""
     step_dir = latest_step_dir(run_dir)
     if step_dir is None:
         raise TrainingError(f"--resume: no complete checkpoint under {checkpoints_dir(run_dir)}")
+    if adapted is not None:
+        load_weights(adapted, step_dir)  # the frozen base is the recipe's, already in place
+        return state.restore(step_dir, load_trainer_state(step_dir), None)
     return state.restore(step_dir, load_trainer_state(step_dir), load_model(step_dir).state_dict())

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from csm_adapt.config.schema import TrainConfig
+from csm_adapt.errors import ConfigError
 from csm_adapt.model.csm import CSM
 
 # Which top-level parts of the model each `train.trainable` choice updates.
@@ -26,13 +27,23 @@ def set_trainable(model: CSM, cfg: TrainConfig) -> None:
         p.requires_grad_(name.split(".")[0] in parts)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms (1-D scales). Fused kernels where the device has them."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (fused kernels where the device has them) or 8-bit AdamW; no weight decay on norms (1-D scales)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    if cfg.optimizer == "adamw8bit":
+        try:
+            from torchao.optim import AdamW8bit
+        except ImportError:
+            raise ConfigError(
+                "train.optimizer = \"adamw8bit\" needs torchao: pip install 'csm-adapt[lowmem]'"
+            ) from None
+        # Block-wise 8-bit moments (dynamic-tree quantisation, blocks of 256); tensors under 4096
+        # values keep fp32 moments, as in bitsandbytes. torchao compiles its step with torch.compile.
+        return AdamW8bit(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     # Fused AdamW runs on CPU and CUDA in torch >= 2.4; on CPU it is ~1.6x the foreach step here.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 

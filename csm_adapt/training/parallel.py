@@ -57,6 +57,10 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     return get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL)
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
-    set_model_state_dict(unwrap(model), model_state, options=StateDictOptions(full_state_dict=True))
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict | None, optim_state: dict
+) -> None:
+    """`model_state` None: the weights are in place already (an adapter loaded its own)."""
+    if model_state is not None:
+        set_model_state_dict(unwrap(model), model_state, options=StateDictOptions(full_state_dict=True))
     set_optimizer_state_dict(unwrap(model), optimizer, optim_state, options=StateDictOptions(full_state_dict=True))

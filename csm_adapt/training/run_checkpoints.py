@@ -4,6 +4,9 @@
     checkpoints/best/          model files of the best validation loss so far (+ best.json)
     checkpoints/final/         model files at the end of the run
 
+With an [adapter], each of them holds the adapter's files (adapter.safetensors + adapter.json, see
+training/adapters.py) instead of the model's: the frozen base is the recipe's and is never copied.
+
 Each directory is written under a temporary name and renamed into place, so a kill during a save
 leaves every earlier checkpoint as it was. The model files are what `csm-adapt generate` and the
 reference `Model.from_pretrained` load.
@@ -23,6 +26,7 @@ from csm_adapt.files import no_space_errno
 from csm_adapt.model.checkpoint import save_model
 from csm_adapt.model.csm import CSM
 from csm_adapt.model.synthesizer import write_frontend
+from csm_adapt.training.adapters import AdapterSpec
 
 TRAINER_STATE = "trainer.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -53,16 +57,21 @@ def _write_dir(target: Path, write) -> Path:
     return target
 
 
-def _write_model(directory: Path, model: CSM, frontend: tuple[str, str]) -> None:
-    save_model(model, directory)
+def _write_model(directory: Path, model: CSM, frontend: tuple[str, str], adapter: AdapterSpec | None) -> None:
+    if adapter is None:
+        save_model(model, directory)
+    else:
+        adapter.write(directory, model)
     write_frontend(directory, *frontend)
 
 
-def save_model_dir(target: Path, model: CSM, frontend: tuple[str, str], best: dict | None = None) -> Path:
-    """Model files only (best/final); `best` records which step and loss made it the best."""
+def save_model_dir(
+    target: Path, model: CSM, frontend: tuple[str, str], best: dict | None = None, adapter: AdapterSpec | None = None
+) -> Path:
+    """Model (or adapter) files only (best/final); `best` records which step and loss made it the best."""
 
     def write(tmp: Path) -> None:
-        _write_model(tmp, model, frontend)
+        _write_model(tmp, model, frontend, adapter)
         if best is not None:
             (tmp / "best.json").write_text(json.dumps(best, indent=2) + "\n")
 
@@ -70,12 +79,18 @@ def save_model_dir(target: Path, model: CSM, frontend: tuple[str, str], best: di
 
 
 def save_step(
-    run_dir: Path, step: int, model: CSM, frontend: tuple[str, str], trainer_state: dict, keep_last: int
+    run_dir: Path,
+    step: int,
+    model: CSM,
+    frontend: tuple[str, str],
+    trainer_state: dict,
+    keep_last: int,
+    adapter: AdapterSpec | None = None,
 ) -> Path:
-    """Model files + everything needed to resume; then prune to the newest `keep_last` steps."""
+    """Model (or adapter) files + everything needed to resume; then prune to the newest `keep_last` steps."""
 
     def write(tmp: Path) -> None:
-        _write_model(tmp, model, frontend)
+        _write_model(tmp, model, frontend, adapter)
         # Through a Python file: a failed write then surfaces as an OSError (a full disk is named),
         # where torch's own file writer reports only "unexpected pos".
         with open(tmp / TRAINER_STATE, "wb") as f:

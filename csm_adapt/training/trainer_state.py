@@ -40,8 +40,8 @@ class TrainerState:
             "ranks": _gather({"loader": self.loader.state_dict(), "frame_gen": self.frame_gen.get_state()}, self.d),
         }
 
-    def restore(self, step_dir: Path, state: dict, weights: dict) -> tuple[int, float]:
-        """Put a saved state (and its weights) back; returns (step, best validation loss)."""
+    def restore(self, step_dir: Path, state: dict, weights: dict | None) -> tuple[int, float]:
+        """Put a saved state (and its weights, unless None: already loaded) back; returns (step, best val loss)."""
         if len(state["ranks"]) != self.d.world_size:
             raise CsmAdaptError(f"{step_dir} was saved by {len(state['ranks'])} rank(s); resume with the same number")
         parallel.load_full_state(self.wrapped, self.optimizer, weights, state["optimizer"])
