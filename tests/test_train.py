@@ -172,7 +172,7 @@ def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
     assert last < 0.6 * first, f"loss fell only from {first:.3f} to {last:.3f}"
     val = metrics(run_dir, "val/loss")
     best = json.loads((run_dir / "checkpoints" / "best" / "best.json").read_text())
-    assert best == {"step": min(val, key=val.get), "val_loss": min(val.values())}
+    assert best == {"step": min(val, key=val.get), "best_by": "val/loss", "value": min(val.values())}
 
     # Reloadable checkpoints in the original layout, best and final.
     for d in (final, run_dir / "checkpoints" / "best", run_dir / "checkpoints" / "step-000040"):

@@ -11,7 +11,7 @@ from csm_adapt.config.recipe import load_raw
 from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
 
-KINDS = ("readers", "losses", "loggers", "commands")
+KINDS = ("readers", "losses", "loggers", "evaluators", "commands")
 
 
 @click.command()
@@ -31,6 +31,7 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
             "readers": registries.readers.names_by(info.name),
             "losses": registries.losses.names_by(info.name),
             "loggers": registries.loggers.names_by(info.name),
+            "evaluators": registries.evaluators.names_by(info.name),
             "commands": [name for name, plugin in registries.commands.items() if plugin == info.name],
         }
         rows.append({"name": info.name, "version": info.version, "source": info.source, **registered})

@@ -17,7 +17,7 @@ from rich.syntax import Syntax
 
 from csm_adapt.config import toml_io
 from csm_adapt.config.overrides import apply_overrides
-from csm_adapt.config.schema import LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
+from csm_adapt.config.schema import EvaluatorRef, LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
 from csm_adapt.config.structure import describe, from_dict, join, to_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.plugin_engine.manager import load_plugins, resolve_local
@@ -76,6 +76,7 @@ def _plugin_ref_builders(registries: Registries) -> dict:
         ReaderRef: partial(_build_ref, ReaderRef, registries.readers),
         LossRef: partial(_build_ref, LossRef, registries.losses),
         LoggerRef: partial(_build_ref, LoggerRef, registries.loggers),
+        EvaluatorRef: partial(_build_ref, EvaluatorRef, registries.evaluators),
     }
 
 

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from csm_adapt.errors import ConfigError
+from csm_adapt.evaluation.objective import Objective, objective_validator
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import Turn
 from csm_adapt.sweep.config import SweepConfig
@@ -68,6 +70,10 @@ class LossRef(PluginRef):
 
 
 class LoggerRef(PluginRef):
+    pass
+
+
+class EvaluatorRef(PluginRef):
     pass
 
 
@@ -136,6 +142,9 @@ class TrainConfig:
     val_every: int = attrs.field(default=200, validator=_positive)
     checkpoint_every: int = attrs.field(default=500, validator=_positive)
     keep_last: int = attrs.field(default=2, validator=_positive)
+    # What checkpoints/best holds: "val/loss" (or another validation loss), or an eval metric with
+    # its direction, "eval/cer:min", measured at each evaluation ([eval]).
+    best_by: str = attrs.field(default="val/loss", validator=objective_validator)
 
 
 @attrs.frozen(kw_only=True)
@@ -157,6 +166,42 @@ class SamplesConfig:
 
 
 @attrs.frozen(kw_only=True)
+class EvalConfig:
+    """Evaluation during training (and `csm-adapt evaluate --recipe`): generate, then score."""
+
+    every: int = attrs.field(default=500, validator=_positive)  # steps between evaluations
+    # JSONL, one prompt a line: {"text": ..., "speaker": 0, "reference": "clip.wav" or [...]}, paths
+    # relative to the file. None: held-out validation utterances, their own audio as references.
+    prompts: Path | None = None
+    max_prompts: int = attrs.field(default=16, validator=_positive)  # validation utterances used (prompts unset)
+    max_audio_ms: int = attrs.field(default=10_000, validator=_positive)
+    seeds: tuple[int, ...] = (0,)  # every prompt is spoken once per seed
+    batch_size: int = attrs.field(default=8, validator=_positive)  # utterances generated together
+    temperature: float = attrs.field(default=0.9, validator=_positive)
+    topk: int = attrs.field(default=50, validator=_positive)
+    evaluators: tuple[EvaluatorRef, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.evaluators:
+            raise ValueError(
+                "needs at least one evaluator ([[eval.evaluators]] name = ...)", _field(EvalConfig, "evaluators")
+            )
+        if not self.seeds:
+            raise ValueError("needs at least one seed", _field(EvalConfig, "seeds"))
+        names = [e.name for e in self.evaluators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"an evaluator is listed twice: {', '.join(names)}", _field(EvalConfig, "evaluators"))
+
+    def metric_names(self) -> set[str]:
+        """What the listed evaluators declare they measure."""
+        return {m for e in self.evaluators for m in getattr(e.implementation, "metrics", ())}
+
+
+def _field(cls: type, name: str) -> attrs.Attribute:
+    return attrs.fields_dict(cls)[name]
+
+
+@attrs.frozen(kw_only=True)
 class OutputConfig:
     run_dir: Path
 
@@ -172,3 +217,15 @@ class Recipe:
     samples: SamplesConfig = attrs.field(factory=SamplesConfig)
     output: OutputConfig
     sweep: SweepConfig | None = None  # read by `csm-adapt sweep` only
+    eval: EvalConfig | None = None  # None: no evaluation during training
+
+    def __attrs_post_init__(self) -> None:
+        # Checked here, across tables: choosing by an eval metric needs an evaluator that makes it.
+        metrics = self.eval.metric_names() if self.eval else None
+        choices = [("train.best_by", self.train.best_by)]
+        if self.sweep is not None:
+            choices.append(("sweep.objective", self.sweep.objective))
+        for key, spec in choices:
+            problem = Objective.parse(spec).missing_from(metrics)
+            if problem:
+                raise ConfigError(f"{key}: {problem}")

@@ -31,6 +31,7 @@ from csm_adapt.data.encode import Frontend, Reject, encode_shard
 from csm_adapt.data.shard_writer import sample_key, write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.model.text_tokenizer import normalize_text
 from csm_adapt.plugin_api import Sample
 
 INDEX_VERSION = 1
@@ -185,6 +186,7 @@ def _encode_shards(
                     "rows": [s.rows for s in result.samples],
                     "frames": sum(int(s.codes.shape[1]) for s in result.samples),
                     "seconds": round(result.seconds, 3),
+                    "chars": sum(len(normalize_text(t["text"])) for s in result.samples for t in s.meta["turns"]),
                     "clips": result.clips,
                     "elapsed": result.elapsed,
                     "rejects": [r.to_json() for r in result.rejects],
@@ -223,6 +225,10 @@ def _index(
     clips = sum(record["clips"] for record in records)
     elapsed = sum(record["elapsed"] for record in records)
     seconds = sum(record["seconds"] for record in records)
+    # The training set's speaking rate: the `stopping` evaluator's expected duration of a text.
+    train = [record for shard, record in zip(shards, records) if shard.split == "train"]
+    train_seconds = sum(record["seconds"] for record in train)
+    chars_per_second = sum(record["chars"] for record in train) / train_seconds if train_seconds else None
     summary = {
         "samples_read": sum(len(shard.samples) for shard in shards) + len(read_rejects),
         "kept": {split: sum(s["samples"] for s in splits[split]["shards"]) for split in SPLITS},
@@ -235,6 +241,7 @@ def _index(
         "processing_s": round(elapsed, 3),
         "clips_per_s": round(clips / elapsed, 2) if elapsed else None,
         "audio_s_per_s": round(seconds / elapsed, 2) if elapsed else None,
+        "chars_per_second": round(chars_per_second, 3) if chars_per_second else None,
     }
     return {
         "version": INDEX_VERSION,

@@ -1,4 +1,4 @@
-"""What the loaded plugins provide: readers, loss strategies, loggers and commands, by name.
+"""What the loaded plugins provide: readers, loss strategies, loggers, evaluators and commands, by name.
 
 Names are unique across all plugins: registering a name twice fails, naming both plugins, rather
 than letting load order silently decide which one a recipe gets.
@@ -60,6 +60,7 @@ class Registries:
     readers: Registry = attrs.field(factory=lambda: Registry("reader"))
     losses: Registry = attrs.field(factory=lambda: Registry("loss strategy"))
     loggers: Registry = attrs.field(factory=lambda: Registry("logger"))
+    evaluators: Registry = attrs.field(factory=lambda: Registry("evaluator"))
     commands: dict[str, str] = attrs.field(factory=dict)  # command name -> plugin
 
 
@@ -71,6 +72,7 @@ def collect(pm: pluggy.PluginManager, cli: click.Group) -> Registries:
         ("register_dataset_readers", registries.readers),
         ("register_loss_strategies", registries.losses),
         ("register_loggers", registries.loggers),
+        ("register_evaluators", registries.evaluators),
     ):
         # One impl at a time (not `pm.hook.<name>(...)`) so `register` knows which plugin calls it.
         for impl in getattr(pm.hook, hook_name).get_hookimpls():

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from csm_adapt.errors import ConfigError
+from csm_adapt.evaluation.objective import Objective
 from csm_adapt.sweep.config import SweepConfig
 
 JOURNAL = "journal.log"
@@ -80,7 +81,7 @@ def open_study(
         storage=storage,
         sampler=sampler,
         pruner=pruner,
-        direction="minimize",
+        direction="minimize" if Objective.parse(sweep.objective).direction == "min" else "maximize",
         load_if_exists=True,
     )
 

@@ -19,6 +19,8 @@ from csm_adapt.config.schema import Recipe
 from csm_adapt.data.loader import TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.evaluation.during_training import TrainingEvaluation
+from csm_adapt.evaluation.objective import Objective
 from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import RunInfo
@@ -79,8 +81,9 @@ def _build_model(recipe: Recipe, device) -> torch.nn.Module:
 def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int, dict], None] | None = None) -> Path:
     """Run the recipe's training; returns the final checkpoint directory.
 
-    `on_validation(step, metrics)` is called after each validation (a sweep reports to its pruner
-    there; an exception it raises stops the run).
+    `on_validation(step, metrics)` is called after each validation and evaluation, with the step's
+    `val/*` and `eval/*` metrics (a sweep reports to its pruner there; an exception it raises stops
+    the run).
     """
     cfg = recipe.train
     run_dir = Path(recipe.output.run_dir)
@@ -117,9 +120,12 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
 
     frontend = (recipe.model.text_tokenizer, recipe.model.audio_codec)
     samples = SampleWriter(recipe, model, device, run_dir, d.is_main) if recipe.samples.prompts else None
+    evaluation = TrainingEvaluation(recipe, model, device) if recipe.eval else None
     state = TrainerState(wrapped, optimizer, scheduler, scaler, train_loader, frame_gen, d)
 
-    start, best_val = _resume(run_dir, state) if resume else (0, math.inf)
+    # checkpoints/best: the best value of `best_by` so far (kept in trainer.pt as "best_val").
+    best_by = Objective.parse(cfg.best_by)
+    start, best_val = _resume(run_dir, state) if resume else (0, math.inf if best_by.direction == "min" else -math.inf)
     with LoggerFanOut.open(recipe, run_dir, d) as loggers:
         loggers.begin(RunInfo(cfg.steps, start, recipe_to_dict(recipe), recipe_to_toml(recipe)))
         batches = iter(train_loader)
@@ -168,17 +174,20 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
 
             # 5. Validate, speak, save: not training time, so kept out of frames/s.
             with throughput.paused():
+                measured = {}
                 if _due(done, cfg.val_every, cfg.steps):
-                    metrics = validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d)
-                    loggers.log_scalars(done, metrics)
-                    if on_validation is not None:
-                        on_validation(done, metrics)
-                    if metrics["val/loss"] < best_val:
-                        best_val = metrics["val/loss"]
-                        full = parallel.full_model(wrapped)
-                        if d.is_main:
-                            best = {"step": done, "val_loss": best_val}
-                            save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, best)
+                    measured.update(validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d))
+                    loggers.log_scalars(done, measured)
+                if evaluation and _due(done, recipe.eval.every, cfg.steps):
+                    measured.update(evaluation.run(done, loggers))
+                if measured and on_validation is not None:
+                    on_validation(done, measured)
+                if best_by.name in measured and best_by.better(measured[best_by.name], best_val):
+                    best_val = measured[best_by.name]
+                    full = parallel.full_model(wrapped)
+                    if d.is_main:
+                        best = {"step": done, "best_by": best_by.name, "value": best_val}
+                        save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, best)
                 if samples and _due(done, recipe.samples.every, cfg.steps):
                     samples.write(done, loggers)
                 if _due(done, cfg.checkpoint_every, cfg.steps):
@@ -190,7 +199,7 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
         full = parallel.full_model(wrapped)
         if d.is_main:
             save_model_dir(final, full, frontend)
-        loggers.log_hparams(recipe_to_dict(recipe), {"best_val_loss": best_val})
+        loggers.log_hparams(recipe_to_dict(recipe), {f"best_{best_by.name.replace('/', '_')}": best_val})
         return final
 
 
