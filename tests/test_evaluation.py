@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from csm_adapt.audio_io import SAMPLE_RATE, load_audio
+from csm_adapt.config.recipe import load_recipe
 from csm_adapt.config.schema import EvalConfig, EvaluatorRef
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.evaluation.aggregate import bootstrap_interval, summarize
@@ -235,3 +236,46 @@ def test_quality_scores_clean_speech_above_the_same_speech_in_noise():
     assert all(1 <= v <= 5 for v in c.values())
     assert c["ovrl"] > n["ovrl"] + 0.3 and c["bak"] > n["bak"] + 0.5
     assert evaluator.models()["ovrl"].startswith("DNSMOS P.835 sig_bak_ovr.onnx (speechmos ")
+
+
+# The recipe's [eval] table and train.best_by
+
+
+def demo_recipe(tmp_path, overrides):
+    from csm_adapt.config import toml_io
+
+    raw = toml_io.read_toml(REPO / "recipes" / "demo.toml")
+    raw["output"]["run_dir"] = str(tmp_path / "run")
+    path = tmp_path / "demo.toml"
+    path.write_text(toml_io.dumps(raw))
+    return load_recipe(path, overrides)
+
+
+def test_demo_recipe_evaluates_stopping_and_quality(tmp_path):
+    recipe = demo_recipe(tmp_path, ['train.best_by="eval/eos:max"'])
+    assert [e.name for e in recipe.eval.evaluators] == ["stopping", "quality"]
+    assert recipe.eval.metric_names() == {"eos", "duration_ratio", "sig", "bak", "ovrl"}
+    assert recipe.eval.prompts is None  # validation utterances
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (['train.best_by="eval/cer:min"'], "train.best_by: no evaluator of eval.evaluators produces 'cer'"),
+        (['train.best_by="eval/ovrl"'], 'train.best_by: "eval/ovrl": an eval metric needs its direction'),
+        (["eval.evaluators=[]"], r"eval.evaluators: needs at least one evaluator"),
+        (
+            ['eval.evaluators=[{name = "stopping"}, {name = "stopping"}]'],
+            "eval.evaluators: an evaluator is listed twice",
+        ),
+        (['eval.evaluators=[{name = "quality", windows = 2}]'], r"eval.evaluators.0.windows: unknown key"),
+        (
+            ['eval.evaluators=[{name = "nope"}]'],
+            'eval.evaluators.0.name: unknown evaluator "nope"; available: .*quality',
+        ),
+        (["eval.seeds=[]"], "eval.seeds: needs at least one seed"),
+    ],
+)
+def test_bad_eval_settings_name_the_key(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        demo_recipe(tmp_path, overrides)
