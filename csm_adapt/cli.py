@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from csm_adapt import __version__
 from csm_adapt.commands.convert import convert
+from csm_adapt.commands.evaluate import evaluate
 from csm_adapt.commands.generate import generate
 from csm_adapt.commands.plugins import plugins
 from csm_adapt.commands.prepare import prepare
@@ -42,7 +43,7 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, validate, generate, convert, plugins):
+for command in (run, sweep, prepare, validate, generate, convert, plugins, evaluate):
     cli.add_command(command)
 
 

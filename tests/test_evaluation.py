@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from csm_adapt.audio_io import SAMPLE_RATE, load_audio
@@ -279,3 +283,79 @@ def test_demo_recipe_evaluates_stopping_and_quality(tmp_path):
 def test_bad_eval_settings_name_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         demo_recipe(tmp_path, overrides)
+
+
+# csm-adapt evaluate and its report
+
+
+class _Page(HTMLParser):
+    """The report page's <audio> sources, its text, and any external resource it would load."""
+
+    def __init__(self):
+        super().__init__()
+        self.audio, self.text, self.external = [], [], []
+
+    def handle_starttag(self, tag, attributes):
+        attributes = dict(attributes)
+        if tag == "audio":
+            self.audio.append(attributes)
+        for key in ("src", "href"):
+            if attributes.get(key, "").startswith(("http:", "https:", "//")):
+                self.external.append(attributes[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_evaluate_writes_a_self_contained_report_for_every_model_and_prompt(tmp_path):
+    from click.testing import CliRunner
+
+    from csm_adapt.cli import cli
+    from csm_adapt.model.checkpoint import build_model, save_model
+    from csm_adapt.model.synthesizer import write_frontend
+
+    models = []
+    for seed in (1, 2):
+        directory = tmp_path / f"model-{seed}"
+        save_model(build_model("micro", seed=seed), directory)
+        write_frontend(directory, "offline", "offline")
+        models.append(str(directory))
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["Bonjour <b>Marie</b>.", "Où est la gare ?", "Il fait beau."]
+    prompts.write_text("".join(json.dumps({"text": t, "speaker": i % 2}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "report"
+    args = ["evaluate", *models, "--prompts", str(prompts), "--evaluator", "stopping", "--chars-per-second", "12"]
+    args += ["--max-audio-ms", "160", "--seed", "0", "--seed", "1", "--out", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == models
+    assert report["settings"]["seeds"] == [0, 1] and report["settings"]["max_audio_ms"] == 160
+    for model in report["models"]:
+        assert set(model["summary"]) == {"eval/eos", "eval/duration_ratio"}
+        assert len(model["utterances"]) == len(texts) * 2
+        s = model["summary"]["eval/eos"]
+        assert s["low"] <= s["mean"] <= s["high"] and s["count"] == 6
+
+    page = _Page()
+    page.feed((out / "report.html").read_text("utf-8"))
+    text = "".join(page.text)
+    assert all(m in text for m in models) and all(t in text for t in texts)  # the markup-like text shown as text
+    assert "eval/duration_ratio" in text and not page.external
+    assert len(page.audio) == len(models) * len(texts) * 2
+    for attributes in page.audio:
+        assert "controls" in attributes
+        prefix = "data:audio/wav;base64,"
+        assert attributes["src"].startswith(prefix)
+        wav, rate = sf.read(io.BytesIO(base64.b64decode(attributes["src"][len(prefix) :])))
+        assert rate == SAMPLE_RATE and wav.ndim == 1
+
+
+def test_evaluate_needs_prompts_or_a_recipe():
+    from click.testing import CliRunner
+
+    from csm_adapt.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", "some/model"])
+    assert result.exit_code == 2 and "give --prompts FILE or --recipe RECIPE" in result.output
