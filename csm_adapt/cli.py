@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from csm_adapt import __version__
 from csm_adapt.commands.convert import convert
+from csm_adapt.commands.evaluate import evaluate
 from csm_adapt.commands.generate import generate
 from csm_adapt.commands.merge import merge
 from csm_adapt.commands.plugins import plugins
@@ -58,7 +59,7 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, segment, validate, generate, convert, merge, plugins):
+for command in (run, sweep, prepare, segment, validate, generate, convert, merge, plugins, evaluate):
     cli.add_command(command)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -178,7 +178,7 @@ class Logger:
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         pass
 
-    def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int) -> None:
+    def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int, description: str = "") -> None:
         pass
 
     def log_text(self, step: int, tag: str, text: str) -> None:
@@ -230,3 +230,63 @@ class Adapter:
     def merge(self, model: torch.nn.Module) -> None:
         """Fold the adapter into the base weights: afterwards `model` is a plain CSM of the original layout."""
         raise NotImplementedError
+
+
+@attrs.frozen(eq=False)
+class Utterance:
+    """One generated utterance, as an evaluator receives it.
+
+    `audio` is mono float32 at 24 kHz (`audio_io.SAMPLE_RATE`); `frames` the [K, F] codes it was
+    decoded from; `stopped` is True when generation ended with the EOS frame before `max_audio_ms`
+    (False: it was cut off, often babbling). `references` are clips of the same speaker (mono float32
+    at 24 kHz), empty when the eval set has none. `prompt_id` and `seed` tell repeated draws apart.
+    """
+
+    prompt_id: str
+    text: str
+    speaker: int | None
+    audio: torch.Tensor
+    frames: torch.Tensor
+    stopped: bool
+    max_audio_ms: int
+    references: tuple[torch.Tensor, ...] = ()
+    seed: int = 0
+
+
+@attrs.frozen
+class EvalContext:
+    """What an evaluator learns once, when it is built.
+
+    `device`: where its models go (the training device). `chars_per_second`: the speaking rate of
+    the training set, measured at prepare time (characters of text per second of audio; None when
+    unknown, e.g. a prompts file evaluated without a recipe).
+    """
+
+    device: torch.device
+    chars_per_second: float | None = None
+
+
+class Evaluator:
+    """Base class for evaluators, built once per run as `EvaluatorClass(options, context)`.
+
+    Load models in `__init__` (placed on `context.device`): the engine builds an evaluator once and
+    calls `evaluate` for every batch of every evaluation. `metrics` lists the names of the numbers
+    `evaluate` returns (recipes may only choose checkpoints by these); `models()` names what
+    produced each of them, since figures from different ASR or speaker models are not comparable.
+    """
+
+    metrics: tuple[str, ...] = ()
+
+    def __init__(self, options, context: EvalContext):
+        self.options = options
+        self.context = context
+
+    def evaluate(self, batch: Sequence[Utterance]) -> list[dict[str, float | str]]:
+        """One dict per utterance, in order: float values are metrics (named in `metrics`, reported
+        as `eval/<name>`), str values are notes shown in the report (e.g. an ASR transcript).
+        A metric that does not apply to an utterance (no reference clip) is left out of its dict."""
+        raise NotImplementedError
+
+    def models(self) -> dict[str, str]:
+        """Metric name -> the model (and version) that produced it; empty for model-free metrics."""
+        return {}

@@ -49,10 +49,17 @@ class TensorBoardLogger(Logger):
             self._writer.add_scalar(name, value, global_step=step)
         self._step = step
 
-    def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int) -> None:
+    def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int, description: str = "") -> None:
         # TensorBoard stores 16-bit PCM and warns on every clipped sample; clip quietly here.
         wav = wav.detach().float().clamp(-1, 1).cpu().reshape(1, -1)
-        self._writer.add_audio(tag, wav, global_step=step, sample_rate=sample_rate)
+        # Empty audio (a model that stops at once) cannot be encoded: one silent sample stands for it.
+        wav = wav if wav.numel() else wav.new_zeros(1, 1)
+        from torch.utils.tensorboard.summary import audio
+
+        # SummaryWriter.add_audio takes no description; TensorBoard shows the summary's own.
+        summary = audio(tag, wav, sample_rate=sample_rate)
+        summary.value[0].metadata.summary_description = description
+        self._writer._get_file_writer().add_summary(summary, step)
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         self._writer.add_text(tag, text, global_step=step)

@@ -27,7 +27,9 @@ ALLOWED = {
     "plugin_engine": {"errors", "plugin_api", "config.structure"},
     "config": {"errors", "plugin_api", "plugin_engine", "model.config", "model.sources"},
     "data": FOUNDATION | {"model", "config"},
-    "training": FOUNDATION | {"model", "data", "config", "plugin_engine"},
+    "training": FOUNDATION | {"model", "data", "config", "plugin_engine", "evaluation"},
+    # Generated speech scored by evaluator plugins: during training and by `csm-adapt evaluate`.
+    "evaluation": FOUNDATION | {"model", "data", "config"},
     "sweep": FOUNDATION | {"config", "data", "training"},
     # Long recordings -> clips for a reader: audio work only, no model, data or training.
     "segment": FOUNDATION,

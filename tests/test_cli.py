@@ -92,6 +92,7 @@ def test_plugins_json_lists_each_plugin_with_what_it_registers(recipe_path):
         "readers": [],
         "losses": [],
         "loggers": ["jsonl"],
+        "evaluators": [],
         "commands": [],
     }
     assert "toy" not in rows

@@ -151,6 +151,9 @@ def test_prepare_keeps_good_clips_rejects_bad_ones_and_the_numbers_match(clips, 
     assert summary["hours"] == pytest.approx((0.3 + 0.25 + 0.2 + 0.3) / 3600, abs=1e-4)
     assert summary["clips"] == 4 and index["timings"]["clips_per_s"] > 0
     assert "timings" not in json.loads((out / "index.json").read_text())  # returned, never stored
+    # The speaking rate the `stopping` evaluator expects: characters of (normalized) text per second.
+    chars = sum(len(s["json"]["turns"][0]["text"].strip()) for s in samples)
+    assert summary["chars_per_second"] == pytest.approx(chars / (0.3 + 0.25 + 0.2 + 0.3), rel=1e-3)
     assert index["text_tokenizer"] == frontend.tokenizer.identity
     assert index["audio_codec"] == frontend.codec.identity
     assert index["data_hash"] == data_hash(data, MODEL)

@@ -72,6 +72,7 @@ def recipe_path(tmp_path, data_dir) -> Path:
     raw["data"]["reader"]["metadata"] = str(data_dir / "metadata.csv")
     raw["data"]["out"] = str(data_dir / "data")
     raw["output"]["run_dir"] = str(tmp_path / "runs" / "demo")
+    raw.pop("eval")  # trials judged by validation loss here: no generation in them
     path = tmp_path / "sweep.toml"
     path.write_text(toml_io.dumps(raw) + SWEEP)
     return path
@@ -273,3 +274,16 @@ def test_a_sweep_directory_in_use_is_refused_naming_the_holder(recipe_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_objective_may_be_an_eval_metric_with_its_direction(tmp_path):
+    raw = toml_io.read_toml(DEMO)
+    raw["output"]["run_dir"] = str(tmp_path / "runs" / "demo")
+    path = tmp_path / "sweep.toml"
+    path.write_text(toml_io.dumps(raw) + SWEEP.replace("trials = 4", 'trials = 4\nobjective = "eval/ovrl:max"'))
+    study = _study(path, [])
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    with pytest.raises(ConfigError, match="sweep.objective: no evaluator of eval.evaluators produces 'cer'"):
+        load_recipe(path, ['sweep.objective="eval/cer:min"'])
+    with pytest.raises(ConfigError, match="sweep.objective: .* an eval metric needs its direction"):
+        load_recipe(path, ['sweep.objective="eval/ovrl"'])

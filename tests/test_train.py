@@ -173,7 +173,7 @@ def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
     assert last < 0.6 * first, f"loss fell only from {first:.3f} to {last:.3f}"
     val = metrics(run_dir, "val/loss")
     best = json.loads((run_dir / "checkpoints" / "best" / "best.json").read_text())
-    assert best == {"step": min(val, key=val.get), "val_loss": min(val.values())}
+    assert best == {"step": min(val, key=val.get), "best_by": "val/loss", "value": min(val.values())}
 
     # Reloadable checkpoints in the original layout, best and final.
     for d in (final, run_dir / "checkpoints" / "best", run_dir / "checkpoints" / "step-000040"):
@@ -345,3 +345,32 @@ def test_demo_recipe_validates(monkeypatch):
     result = CliRunner().invoke(cli, ["validate", "recipes/demo.toml"])
     assert result.exit_code == 0, result.output
     assert "is valid" in result.output
+
+
+def test_evaluation_during_training_logs_eval_metrics_and_keeps_the_best_by_one(tmp_path, dataset):
+    extra = (
+        '[[loggers]]\nname = "tensorboard"\n\n'
+        "[eval]\nevery = 4\nmax_prompts = 2\nmax_audio_ms = 240\nbatch_size = 2\n"
+        '[[eval.evaluators]]\nname = "stopping"\n[[eval.evaluators]]\nname = "quality"\n'
+    )
+    run_dir, recipe = run_recipe(tmp_path, dataset, ['train.best_by="eval/ovrl:max"'], extra=extra)
+    train(recipe)
+
+    for name in ("eval/eos", "eval/duration_ratio", "eval/sig", "eval/bak", "eval/ovrl"):
+        assert sorted(metrics(run_dir, name)) == [4, 8], name
+    ovrl = metrics(run_dir, "eval/ovrl")
+    best = json.loads((run_dir / "checkpoints" / "best" / "best.json").read_text())
+    assert best == {"step": max(ovrl, key=ovrl.get), "best_by": "eval/ovrl", "value": max(ovrl.values())}
+    assert 0 <= metrics(run_dir, "eval/eos")[8] <= 1 and metrics(run_dir, "eval/duration_ratio")[8] > 0
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from csm_adapt.evaluation.prompts import val_prompts
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0}).Reload()
+    prompts = val_prompts(recipe.data.out, 2)
+    assert len(prompts) == 2
+    for prompt in prompts:
+        tag = f"eval/{prompt.id}"
+        assert [e.step for e in events.Audio(tag)] == [4, 8]
+        assert events.SummaryMetadata(tag).summary_description == prompt.text

@@ -12,7 +12,7 @@ from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
 from csm_adapt.terminal import make_console
 
-KINDS = ("readers", "losses", "loggers", "adapters", "commands")
+KINDS = ("readers", "losses", "loggers", "adapters", "evaluators", "commands")
 
 
 @click.command()
@@ -37,6 +37,7 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
             "losses": registries.losses.names_by(info.name),
             "loggers": registries.loggers.names_by(info.name),
             "adapters": registries.adapters.names_by(info.name),
+            "evaluators": registries.evaluators.names_by(info.name),
             "commands": [name for name, plugin in registries.commands.items() if plugin == info.name],
         }
         rows.append({"name": info.name, "version": info.version, "source": info.source, **registered})

@@ -22,7 +22,7 @@ from rich.syntax import Syntax
 
 from csm_adapt.config import toml_io
 from csm_adapt.config.overrides import apply_overrides
-from csm_adapt.config.schema import AdapterRef, LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
+from csm_adapt.config.schema import AdapterRef, EvaluatorRef, LoggerRef, LossRef, PluginRef, ReaderRef, Recipe
 from csm_adapt.config.structure import describe, from_dict, join, to_dict
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.plugin_engine.manager import load_plugins, resolve_local
@@ -90,6 +90,7 @@ def _plugin_ref_builders(registries: Registries, paths: dict) -> dict:
         LossRef: partial(build_plugin_ref, LossRef, registries.losses, paths=paths),
         LoggerRef: partial(build_plugin_ref, LoggerRef, registries.loggers, paths=paths),
         AdapterRef: partial(build_plugin_ref, AdapterRef, registries.adapters, paths=paths),
+        EvaluatorRef: partial(build_plugin_ref, EvaluatorRef, registries.evaluators, paths=paths),
     }
 
 

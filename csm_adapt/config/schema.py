@@ -13,9 +13,10 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from csm_adapt.config.objective import Objective, objective_validator
 from csm_adapt.config.structure import OUTPUT, SOURCE
 from csm_adapt.config.sweep import SweepConfig
-from csm_adapt.errors import SampleError
+from csm_adapt.errors import ConfigError, SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.model.sources import is_local
 from csm_adapt.plugin_api import Malformed, Sample, Turn
@@ -114,6 +115,10 @@ class AdapterRef(PluginRef):
     pass
 
 
+class EvaluatorRef(PluginRef):
+    pass
+
+
 @attrs.frozen(kw_only=True)
 class ModelConfig:
     config: str = attrs.field(default="csm-1b", validator=_model_config)  # shape, from MODEL_CONFIGS
@@ -190,6 +195,9 @@ class TrainConfig:
     val_every: int = attrs.field(default=200, validator=_positive)
     checkpoint_every: int = attrs.field(default=500, validator=_positive)
     keep_last: int = attrs.field(default=2, validator=_positive)
+    # What checkpoints/best holds: "val/loss" (or another validation loss), or an eval metric with
+    # its direction, "eval/cer:min", measured at each evaluation ([eval]).
+    best_by: str = attrs.field(default="val/loss", validator=objective_validator)
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +219,42 @@ class SamplesConfig:
 
 
 @attrs.frozen(kw_only=True)
+class EvalConfig:
+    """Evaluation during training (and `csm-adapt evaluate --recipe`): generate, then score."""
+
+    every: int = attrs.field(default=500, validator=_positive)  # steps between evaluations
+    # JSONL, one prompt a line: {"text": ..., "speaker": 0, "reference": "clip.wav" or [...]}, paths
+    # relative to the file. None: held-out validation utterances, their own audio as references.
+    prompts: Path | None = None
+    max_prompts: int = attrs.field(default=16, validator=_positive)  # validation utterances used (prompts unset)
+    max_audio_ms: int = attrs.field(default=10_000, validator=_positive)
+    seeds: tuple[int, ...] = (0,)  # every prompt is spoken once per seed
+    batch_size: int = attrs.field(default=8, validator=_positive)  # utterances generated together
+    temperature: float = attrs.field(default=0.9, validator=_positive)
+    topk: int = attrs.field(default=50, validator=_positive)
+    evaluators: tuple[EvaluatorRef, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.evaluators:
+            raise ValueError(
+                "needs at least one evaluator ([[eval.evaluators]] name = ...)", _field(EvalConfig, "evaluators")
+            )
+        if not self.seeds:
+            raise ValueError("needs at least one seed", _field(EvalConfig, "seeds"))
+        names = [e.name for e in self.evaluators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"an evaluator is listed twice: {', '.join(names)}", _field(EvalConfig, "evaluators"))
+
+    def metric_names(self) -> set[str]:
+        """What the listed evaluators declare they measure."""
+        return {m for e in self.evaluators for m in getattr(e.implementation, "metrics", ())}
+
+
+def _field(cls: type, name: str) -> attrs.Attribute:
+    return attrs.fields_dict(cls)[name]
+
+
+@attrs.frozen(kw_only=True)
 class OutputConfig:
     run_dir: Path = attrs.field(metadata=OUTPUT)
 
@@ -229,6 +273,8 @@ class Recipe:
     # None: every parameter `train.trainable` names trains (full finetuning); else the adapter decides.
     adapter: AdapterRef | None = None
 
+    eval: EvalConfig | None = None  # None: no evaluation during training
+
     def __attrs_post_init__(self) -> None:
         # One way to choose what trains: `train.trainable` without an adapter, the adapter's options with one.
         field = attrs.fields(Recipe).adapter
@@ -243,3 +289,13 @@ class Recipe:
             raise ValueError('train.frozen_dtype = "bf16" needs an adapter (a full finetune has no frozen base)', field)
         if t.frozen_dtype == "bf16" and t.precision != "bf16":
             raise ValueError('train.frozen_dtype = "bf16" needs train.precision = "bf16"', field)
+
+        # Checked here, across tables: choosing by an eval metric needs an evaluator that makes it.
+        metrics = self.eval.metric_names() if self.eval else None
+        choices = [("train.best_by", self.train.best_by)]
+        if self.sweep is not None:
+            choices.append(("sweep.objective", self.sweep.objective))
+        for key, spec in choices:
+            problem = Objective.parse(spec).missing_from(metrics)
+            if problem:
+                raise ConfigError(f"{key}: {problem}")

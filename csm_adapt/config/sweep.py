@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
+from csm_adapt.config.objective import objective_validator
 from csm_adapt.config.structure import OUTPUT
 
 # Optuna stores categorical choices as these types only.
@@ -131,9 +132,10 @@ class SweepConfig:
     params: dict[str, Param]
     trials: int = attrs.field(default=20, validator=_positive)  # `--trials` overrides it
     steps: int | None = attrs.field(default=None, validator=_positive)  # None: the recipe's train.steps
-    # Scored on every validation frame with a fixed weighting (train.VAL_DECODER_WEIGHT), so tuning
-    # the loss strategy's weights cannot make a trial look better. Minimised.
-    objective: Literal["val/loss", "val/loss_c0", "val/loss_decoder"] = "val/loss"
+    # "val/loss" is scored on every validation frame with a fixed weighting (train.VAL_DECODER_WEIGHT),
+    # so tuning the loss strategy's weights cannot make a trial look better; minimised. Or an eval
+    # metric with its direction, "eval/cer:min" (the recipe's [eval] table must produce it).
+    objective: str = attrs.field(default="val/loss", validator=objective_validator)
     study_name: str | None = None  # None: the name of output.run_dir
     dir: Path | None = attrs.field(default=None, metadata=OUTPUT)  # None: `<output.run_dir>-sweep`
     pruner: PrunerConfig = attrs.field(factory=PrunerConfig)

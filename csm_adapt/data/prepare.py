@@ -56,6 +56,7 @@ from csm_adapt.data.shard_writer import write_shard
 from csm_adapt.data.splits import split_samples
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.files import DirLock, remove_stale_temps, reported_writes, write_text_atomic
+from csm_adapt.model.text_tokenizer import normalize_text
 from csm_adapt.plugin_api import Malformed, Sample
 from csm_adapt.terminal import Progress, make_console
 
@@ -273,6 +274,7 @@ def _encode_shards(
                     "rows": [s.rows for s in result.samples],
                     "frames": sum(int(s.codes.shape[1]) for s in result.samples),
                     "seconds": round(result.seconds, 3),
+                    "chars": sum(len(normalize_text(t["text"])) for s in result.samples for t in s.meta["turns"]),
                     "clips": result.clips,
                     "elapsed": result.elapsed,
                     "rejects": [r.to_json() for r in result.rejects],
@@ -314,6 +316,10 @@ def _index(
     splits = {split: SplitEntry(shards=tuple(found)) for split, found in entries.items()}
     rejects = [r.reason for r in read_rejects] + [r["reason"] for record in records for r in record["rejects"]]
     seconds = sum(record["seconds"] for record in records)
+    # The training set's speaking rate: the `stopping` evaluator's expected duration of a text.
+    train = [record for shard, record in zip(shards, records) if shard.split == "train"]
+    train_seconds = sum(record["seconds"] for record in train)
+    chars_per_second = sum(record["chars"] for record in train) / train_seconds if train_seconds else None
     summary = {
         "samples_read": sum(len(shard.samples) for shard in shards) + len(read_rejects),
         "kept": {split: sum(s.samples for s in splits[split].shards) for split in SPLITS},
@@ -323,6 +329,7 @@ def _index(
         "hours": round(seconds / 3600, 4),
         "rows": sum(sum(record["rows"]) for record in records),
         "frames": sum(record["frames"] for record in records),
+        "chars_per_second": round(chars_per_second, 3) if chars_per_second else None,
     }
     return Index(
         version=INDEX_VERSION,

@@ -48,6 +48,14 @@ def register_adapters(register):
 
 
 @hookspec
+def register_evaluators(register):
+    """Register evaluators: `register(name, EvaluatorClass, options=OptionsClass)`.
+
+    An evaluator is built as `EvaluatorClass(options, context)`; see `csm_adapt.plugin_api.Evaluator`.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the `csm-adapt` group, e.g. with `@cli.command()`."""
 

@@ -1,4 +1,5 @@
-"""What the loaded plugins provide: readers, loss strategies, loggers, adapters and commands, by name.
+"""What the loaded plugins provide: readers, loss strategies, loggers, adapters, evaluators and commands, by
+name.
 
 Names are unique across all plugins: registering a name twice fails, naming both plugins, rather
 than letting load order silently decide which one a recipe gets. An options class is checked when
@@ -75,6 +76,7 @@ class Registries:
     losses: Registry = attrs.field(factory=lambda: Registry("loss strategy"))
     loggers: Registry = attrs.field(factory=lambda: Registry("logger"))
     adapters: Registry = attrs.field(factory=lambda: Registry("adapter"))
+    evaluators: Registry = attrs.field(factory=lambda: Registry("evaluator"))
     commands: dict[str, str] = attrs.field(factory=dict)  # command name -> plugin
 
 
@@ -91,6 +93,7 @@ def collect(pm: PluginManager, cli: click.Group, *, strict: bool = True) -> Regi
         ("register_loss_strategies", registries.losses),
         ("register_loggers", registries.loggers),
         ("register_adapters", registries.adapters),
+        ("register_evaluators", registries.evaluators),
     ):
         # One impl at a time (not `pm.hook.<name>(...)`) so `register` knows which plugin calls it.
         for impl in getattr(pm.hook, hook_name).get_hookimpls():

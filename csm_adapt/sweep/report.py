@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from csm_adapt.config.objective import Objective
 from csm_adapt.config.recipe import load_recipe, recipe_to_toml
 from csm_adapt.config.schema import Recipe
 from csm_adapt.sweep.space import as_overrides, literal, with_fixed
@@ -107,7 +108,8 @@ def summary_table(study: optuna.Study, objective: str) -> Table:
     trials = study.get_trials(deepcopy=False)
     names = sorted({name for t in trials for name in t.params})
     best = study.best_trial.number if _completed(study) else None
-    table = Table(title=f"sweep {study.study_name}: {objective}, lower is better")
+    better = "lower" if Objective.parse(objective).direction == "min" else "higher"
+    table = Table(title=f"sweep {study.study_name}: {objective}, {better} is better")
     for column in ("trial", "state", objective, *names, "note"):
         table.add_column(column, overflow="fold")
     for t in trials:

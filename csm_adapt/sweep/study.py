@@ -20,6 +20,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from csm_adapt.config.objective import Objective
 from csm_adapt.config.sweep import SweepConfig
 from csm_adapt.errors import ConfigError
 
@@ -80,7 +81,7 @@ def open_study(
         storage=storage,
         sampler=sampler,
         pruner=pruner,
-        direction="minimize",
+        direction="minimize" if Objective.parse(sweep.objective).direction == "min" else "maximize",
         load_if_exists=True,
     )
 

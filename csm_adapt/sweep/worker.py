@@ -16,6 +16,7 @@ import attrs
 import optuna
 import torch
 
+from csm_adapt.config.objective import Objective
 from csm_adapt.config.recipe import load_recipe, save_recipe
 from csm_adapt.config.sweep import SweepConfig
 from csm_adapt.errors import CsmAdaptError
@@ -56,22 +57,27 @@ def trial_dir(sweep_dir: Path, number: int) -> Path:
 
 
 def run_trial(trial: optuna.Trial, job: Job, sweep: SweepConfig) -> float:
-    """Train with the trial's values; report each validation to the pruner; the best val score."""
+    """Train with the trial's values; report each measurement of the objective (a validation or an
+    evaluation) to the pruner; the best value it reached."""
     recipe_path = Path(job.recipe)
     values = suggest(trial, sweep.params)
     run_dir = trial_dir(Path(job.sweep_dir), trial.number)
     budget = [f"train.steps={sweep.steps}"] if sweep.steps else []
     overrides = [*job.overrides, *as_overrides(values), *budget, f"output.run_dir={literal(str(run_dir))}"]
     trial.set_user_attr("run_dir", str(run_dir))
-    best = math.inf
+    objective = Objective.parse(sweep.objective)
+    best = None
 
     def report(step: int, metrics: dict) -> None:
         nonlocal best
-        value = metrics[sweep.objective]
-        best = min(best, value)
+        if objective.name not in metrics:  # a validation, when the objective is an eval metric, or vice versa
+            return
+        value = metrics[objective.name]
+        if objective.better(value, best):
+            best = value
         trial.report(value, step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"{sweep.objective} {value:.4f} at step {step}")
+            raise optuna.TrialPruned(f"{objective.name} {value:.4f} at step {step}")
 
     try:
         recipe = attrs.evolve(load_recipe(recipe_path, overrides), sweep=None)
@@ -80,6 +86,8 @@ def run_trial(trial: optuna.Trial, job: Job, sweep: SweepConfig) -> float:
     except TRIAL_ERRORS as e:
         trial.set_user_attr(FAIL_REASON, f"{type(e).__name__}: {e}")
         raise
+    if best is None:  # never measured: the worst possible score
+        return math.inf if objective.direction == "min" else -math.inf
     return best
 
 

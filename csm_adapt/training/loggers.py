@@ -6,6 +6,7 @@ Only rank 0 logs: other ranks hold an empty fan-out, so the loop calls it the sa
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,9 +39,15 @@ class LoggerFanOut(Logger):
         for logger in self.loggers:
             logger.log_scalars(step, scalars)
 
-    def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int) -> None:
+    def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int, description: str = "") -> None:
         for logger in self.loggers:
-            logger.log_audio(step, tag, wav, sample_rate)
+            if not description:
+                logger.log_audio(step, tag, wav, sample_rate)
+            elif "description" in inspect.signature(logger.log_audio).parameters:
+                logger.log_audio(step, tag, wav, sample_rate, description=description)
+            else:  # a logger written before audio had descriptions: the text goes beside it, same tag
+                logger.log_audio(step, tag, wav, sample_rate)
+                logger.log_text(step, tag, description)
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         for logger in self.loggers:

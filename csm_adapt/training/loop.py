@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from csm_adapt.config.objective import Objective
 from csm_adapt.config.recipe import SAVED_NAME, recipe_to_dict, recipe_to_toml
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.loader import SampleLimits, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.evaluation.during_training import TrainingEvaluation
 from csm_adapt.files import DirLock, reported_writes
 from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.config import MODEL_CONFIGS
@@ -82,8 +84,9 @@ def _build_model(recipe: Recipe, device) -> torch.nn.Module:
 def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int, dict], None] | None = None) -> Path:
     """Run the recipe's training; returns the final checkpoint directory.
 
-    `on_validation(step, metrics)` is called after each validation (a sweep reports to its pruner
-    there; an exception it raises stops the run).
+    `on_validation(step, metrics)` is called after each validation and evaluation, with the step's
+    `val/*` and `eval/*` metrics (a sweep reports to its pruner there; an exception it raises stops
+    the run).
     """
     run_dir = Path(recipe.output.run_dir)
     resume_command = f"csm-adapt run {run_dir / SAVED_NAME} --resume"
@@ -147,9 +150,13 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
 
     frontend = (recipe.model.text_tokenizer, recipe.model.audio_codec)
     samples = SampleWriter(recipe, model, device, run_dir, d.is_main) if recipe.samples.prompts else None
+    evaluation = TrainingEvaluation(recipe, model, device) if recipe.eval else None
     state = TrainerState(wrapped, optimizer, scheduler, scaler, train_loader, frame_gen, d)
 
-    start, best_val = _resume(run_dir, state, model if adapter else None) if resume else (0, math.inf)
+    # checkpoints/best: the best value of `best_by` so far (kept in trainer.pt as "best_val").
+    best_by = Objective.parse(cfg.best_by)
+    fresh = (0, math.inf if best_by.direction == "min" else -math.inf)
+    start, best_val = _resume(run_dir, state, model if adapter else None) if resume else fresh
     with LoggerFanOut.open(recipe, run_dir, d) as loggers:
         loggers.begin(RunInfo(cfg.steps, start, recipe_to_dict(recipe), recipe_to_toml(recipe)))
         # DataLoader draws a seed from the global RNG when iterated: kept out of the stream that dropout
@@ -201,17 +208,20 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
 
             # 5. Validate, speak, save: not training time, so kept out of frames/s.
             with throughput.paused():
+                measured = {}
                 if _due(done, cfg.val_every, cfg.steps):
-                    metrics = validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d)
-                    loggers.log_scalars(done, metrics)
-                    if on_validation is not None:
-                        on_validation(done, metrics)
-                    if metrics["val/loss"] < best_val:
-                        best_val = metrics["val/loss"]
-                        full = parallel.full_model(wrapped)
-                        if d.is_main:
-                            best = {"step": done, "val_loss": best_val}
-                            save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, best, adapter)
+                    measured.update(validate(parallel.unwrap(wrapped), val_loader, device, cfg.precision, d))
+                    loggers.log_scalars(done, measured)
+                if evaluation and _due(done, recipe.eval.every, cfg.steps):
+                    measured.update(evaluation.run(done, loggers))
+                if measured and on_validation is not None:
+                    on_validation(done, measured)
+                if best_by.name in measured and best_by.better(measured[best_by.name], best_val):
+                    best_val = measured[best_by.name]
+                    full = parallel.full_model(wrapped)
+                    if d.is_main:
+                        best = {"step": done, "best_by": best_by.name, "value": best_val}
+                        save_model_dir(checkpoints_dir(run_dir) / "best", full, frontend, best, adapter)
                 if samples and _due(done, recipe.samples.every, cfg.steps):
                     samples.write(done, loggers)
                 if _due(done, cfg.checkpoint_every, cfg.steps):
@@ -223,7 +233,7 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
         full = parallel.full_model(wrapped)
         if d.is_main:
             save_model_dir(final, full, frontend, adapter=adapter)
-        loggers.log_hparams(recipe_to_dict(recipe), {"best_val_loss": best_val})
+        loggers.log_hparams(recipe_to_dict(recipe), {f"best_{best_by.name.replace('/', '_')}": best_val})
         return final
 
 
