@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import torch
 
 from csm_adapt.config.recipe import recipe_to_dict, recipe_to_toml
@@ -27,6 +28,7 @@ from csm_adapt.training.distributed import Dist, all_reduce_sum, init_distribute
 from csm_adapt.training.loggers import LoggerFanOut
 from csm_adapt.training.losses import loss_parts
 from csm_adapt.training.optim import build_optimizer, build_scheduler, set_trainable
+from csm_adapt.training.precision import resolve_precision
 from csm_adapt.training.run_checkpoints import (
     checkpoints_dir,
     latest_step_dir,
@@ -82,10 +84,14 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
     `on_validation(step, metrics)` is called after each validation (a sweep reports to its pruner
     there; an exception it raises stops the run).
     """
-    cfg = recipe.train
     run_dir = Path(recipe.output.run_dir)
     _refuse_to_mix_runs(run_dir, resume)
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = pick_device(recipe.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    # "auto" precision becomes this device's, so that the recipe the loggers record says what trained.
+    recipe = attrs.evolve(
+        recipe, train=attrs.evolve(recipe.train, precision=resolve_precision(recipe.train.precision, device))
+    )
+    cfg = recipe.train
     d = init_distributed(device)
     torch.manual_seed(cfg.seed)
 
