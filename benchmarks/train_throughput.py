@@ -43,6 +43,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -507,6 +508,8 @@ def run(opts: argparse.Namespace) -> dict:
             run_step = _step_fn(variant, args, cfg, device, opts, community, steps)
             results[variant.name] = measure(run_step, steps, opts.warmup, opts.repeats, device) | _peak_memory(device)
             results[variant.name]["mfu"] = results[variant.name]["model_flops_per_s"] / peak if peak else None
+            fps = results[variant.name]["frames_per_s"]
+            print(f"{rows_per_step} rows/step, {variant.name}: {fps:,.0f} frames/s", file=sys.stderr, flush=True)
             del run_step  # frees the model and optimizer state before the next variant's peak is taken
         others = {v.name: results[v.name]["frames_per_s"] for v in chosen if v.method != "ours"}
         fastest = max(others, key=others.get)
