@@ -499,7 +499,15 @@ def run(opts: argparse.Namespace) -> dict:
     headline = next((v for v in ours if v.precision == headline_precision), ours[0])
     peak = peak_flops(device, opts.peak_flops)
 
-    sizes = []
+    report = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
+        | {"variants": [v.name for v in chosen], "headline": headline.name},
+        "machine": machine(device),
+        "peak_flops": peak,
+        "mfu_formula": MFU_FORMULA,
+        "community_code": community.sources if community else None,
+        "sizes": [],
+    }
     for rows_per_step in opts.rows_per_step:
         steps, micro, accum = build_steps(opts, args, rows_per_step)
         results = {}
@@ -514,7 +522,7 @@ def run(opts: argparse.Namespace) -> dict:
         others = {v.name: results[v.name]["frames_per_s"] for v in chosen if v.method != "ours"}
         fastest = max(others, key=others.get)
         measured = steps[opts.warmup :]
-        sizes.append(
+        report["sizes"].append(
             {
                 "rows_per_step": rows_per_step,
                 "rows_per_micro_batch": micro,
@@ -532,15 +540,9 @@ def run(opts: argparse.Namespace) -> dict:
                 "loss_rel_gap": loss_gaps(results, chosen),
             }
         )
-    return {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
-        | {"variants": [v.name for v in chosen], "headline": headline.name},
-        "machine": machine(device),
-        "peak_flops": peak,
-        "mfu_formula": MFU_FORMULA,
-        "community_code": community.sources if community else None,
-        "sizes": sizes,
-    }
+        if opts.json:  # after each size: a long sweep that is stopped keeps what it measured
+            opts.json.write_text(json.dumps(report, indent=2))
+    return report
 
 
 def print_tables(report: dict) -> None:
@@ -652,8 +654,6 @@ def main(argv: list[str] | None = None) -> dict:
     opts = parse_args(argv)
     report = run(opts)
     print_tables(report)
-    if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2))
     return report
 
 
