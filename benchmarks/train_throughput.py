@@ -1,21 +1,36 @@
-"""Training throughput, MFU and memory of our step, side by side with the community step on the same data.
+"""Training throughput, MFU and memory of our step against the community step, over step sizes and precisions.
 
-    python benchmarks/train_throughput.py --model csm-1b --device cuda --rows 2048 --json out.json
-    python benchmarks/train_throughput.py --model tiny --device cpu
+    python benchmarks/train_throughput.py --model tiny --device cpu --rows-per-step 2048,4096,16384
+    python benchmarks/train_throughput.py --model csm-1b --device cuda --rows-per-step 2048,16384 --json out.json
 
-Both steps train the same model (same config, same seed, same weights) on the same samples, the
-same samples per optimizer step and the same decoder frames, so the ratio measures the step:
+Every method trains the same model (same config, same seed, same weights) on the same samples, the
+same samples per optimizer step and the same decoder frames, so the ratios measure the step:
 
-- ours: samples packed into sequences of up to `--rows` rows (Packer + collate, as the loader does),
-  document-causal attention, the embedding_bag row embedding, bf16 autocast (CUDA), fused AdamW,
-  the `amortized` strategy (decoder on 1/16 of the frames), optional torch.compile and activation
-  checkpointing: the same calls as csm_adapt/training/loop.py's inner loop.
-- baseline (the community finetuning step as published, re-implemented): one sample per sequence, micro-batches of
-  `--baseline-batch` samples bucketed by frame count and padded to the longest, a dense [B, S, S]
-  boolean mask, all 33 embedding columns materialised then masked and summed, fp32, unfused AdamW.
+- ours: samples packed into sequences (Packer + collate, as the loader does), document-causal
+  attention, the embedding_bag row embedding, fused AdamW, the `amortized` strategy (decoder on 1/16
+  of the frames), optional torch.compile and activation checkpointing: csm_adapt/training/step.py,
+  the calls of csm_adapt/training/loop.py. Measured in each `--precision` (default: bf16 on CUDA;
+  fp32, and bf16 where the CPU has bf16 units). The headline uses the precision `train.precision =
+  "auto"` picks (csm_adapt/training/precision.py).
+- baseline, the community finetuning step as published, re-implemented on our module: one sample per
+  sequence, micro-batches of `--baseline-batch` samples bucketed by frame count and padded to the
+  longest, a dense [B, S, S] boolean mask, all 33 embedding columns materialised then masked and
+  summed, and `torch.optim.AdamW(params, lr=, weight_decay=)` with PyTorch's defaults for the device
+  (foreach on CUDA, the for-loop on CPU), as the community trainer builds it. Variants: `fp32`, and
+  `amp` as its `--use_amp` runs (fp16 autocast + GradScaler on CUDA; bf16 autocast on a CPU with bf16
+  units, where fp16 has none).
+- community (only with `--community-code DIR`): SesameAILabs/csm's models.py and
+  knottwill/sesame-finetune's forward and collate_fn, read from the user's checkouts at run time
+  (benchmarks/community_code.py), on the same samples: a check that the baseline is faithful.
+
+The headline ratio is ours against the FASTEST baseline (or community) variant at each step size.
+`--rows-per-step` takes several sizes; each is split into micro-batches of at most `--rows` rows with
+gradient accumulation, as the recipe's `rows_per_step` / `rows_per_micro_batch` are.
 
 Throughput passes replay the measured steps with one device sync per pass (none per step); the
-forward/backward/optimizer split comes from a separate pass that syncs around each phase.
+forward/backward/optimizer split comes from a separate pass that syncs around each phase. The
+losses of the warm-up steps and the first pass are kept: variants of one method in two precisions
+start from the same weights on the same data, so their losses show what the precision costs.
 """
 
 from __future__ import annotations
@@ -23,10 +38,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +65,8 @@ from csm_adapt.plugin_api import LossParts
 from csm_adapt.training.distributed import Dist
 from csm_adapt.training.losses import loss_parts
 from csm_adapt.training.optim import build_optimizer, set_trainable
-from csm_adapt.training.step import Totals, backward_step, optimizer_step
+from csm_adapt.training.precision import PRECISIONS, cpu_bf16_units, resolve_precision
+from csm_adapt.training.step import Totals, autocast, backward_step, optimizer_step
 from csm_adapt_plugins.loss_strategies import Amortized, AmortizedOptions
 
 # Dense bf16 tensor-core peaks (no sparsity), matched in order against torch.cuda.get_device_name().
@@ -180,14 +198,26 @@ def _layer_params(f) -> int:
     return 2 * f.embed_dim * f.embed_dim + 2 * f.embed_dim * kv + 3 * f.embed_dim * f.intermediate_dim + 2 * f.embed_dim
 
 
-# --- the two steps ------------------------------------------------------------------------------
+# --- the steps --------------------------------------------------------------------------------
 
 Clock = Callable[[str], None]  # marks the end of a phase; a no-op in throughput passes
 
 
-def our_step(model, optimizer, step: Step, device, precision: str, forward, clock: Clock) -> torch.Tensor:
+@attrs.frozen
+class Variant:
+    """One measured configuration: a method ("ours", "baseline", "community") in one precision."""
+
+    method: str
+    precision: str  # fp32 / bf16 / fp16: the autocast dtype (fp16 also scales the loss)
+    label: str  # how the table names it: "ours bf16", "baseline amp (bf16)"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.label}"
+
+
+def our_step(model, optimizer, scaler, step: Step, device, precision: str, forward, clock: Clock) -> torch.Tensor:
     """csm_adapt/training/loop.py's step itself: backward_step over the micro-batches, then optimizer_step."""
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches, masks = zip(*step.packed)
     loss = backward_step(
         model, forward, Amortized(AmortizedOptions()), batches, masks, Totals.zeros(model.num_codebooks, device),
@@ -198,23 +228,24 @@ def our_step(model, optimizer, step: Step, device, precision: str, forward, cloc
     return loss
 
 
-def baseline_step(model, optimizer, step: Step, device, clock: Clock) -> torch.Tensor:
-    """The community step over the same samples: padded micro-batches, fp32, unfused AdamW."""
+def baseline_step(model, optimizer, scaler, step: Step, device, precision: str, clock: Clock) -> torch.Tensor:
+    """The community step over the same samples: padded micro-batches, dense mask; fp32 or autocast."""
     strategy = Amortized(AmortizedOptions())
     n_c0, n_dec = max(step.frames, 1), max(step.decoder_frames, 1)
     total = torch.zeros((), device=device)
     for batch, dmask in step.padded:
         batch = batch.to(device)
-        out = baseline_forward(model, batch.tokens, batch.mask, batch.target_mask, dmask.to(device, non_blocking=True))
-        parts = loss_parts(out)
-        loss = strategy.combine(
-            LossParts(parts.c0 * parts.c0_frames / n_c0, parts.decoder * parts.decoder_frames / n_dec, 0, 0)
-        )
+        with autocast(device, precision):
+            out = baseline_forward(model, batch.tokens, batch.mask, batch.target_mask, dmask.to(device))
+            parts = loss_parts(out)
+            loss = strategy.combine(
+                LossParts(parts.c0 * parts.c0_frames / n_c0, parts.decoder * parts.decoder_frames / n_dec, 0, 0)
+            )
         clock("forward")
-        loss.backward()
+        scaler.scale(loss).backward()
         total += loss.detach()
         clock("backward")
-    optimizer_step(model, optimizer, torch.amp.GradScaler(device.type, enabled=False), grad_clip=1.0)
+    optimizer_step(model, optimizer, scaler, grad_clip=1.0)
     clock("optimizer")
     return total
 
@@ -247,14 +278,44 @@ def baseline_forward(model: CSM, tokens, mask, target_mask, decoder_mask) -> Tra
 
 
 def baseline_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        weight_decay=cfg.weight_decay,
-        foreach=False,
-        fused=False,
-    )
+    """As the community trainer builds it: lr and weight decay, every other choice PyTorch's default
+    for the device (the foreach implementation on CUDA, the for-loop one on CPU)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def amp_precision(device: torch.device) -> str | None:
+    """What the community's `--use_amp` runs on this device: fp16 autocast (+ GradScaler) on CUDA,
+    bf16 autocast on a CPU with bf16 units; None on a CPU without them (autocast would be emulated)."""
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and cpu_bf16_units() else None
+
+
+def variants(opts: argparse.Namespace, device: torch.device) -> list[Variant]:
+    """The variants to measure: ours in each `--precision`, the baseline (and community code) as
+    `--baseline` lists them."""
+    ours = []
+    for p in opts.precision or default_precisions(device):
+        p = resolve_precision(p, device)
+        if p not in ours:
+            ours.append(p)
+    amp = amp_precision(device)
+    others = []
+    for kind in opts.baseline or (["fp32", "amp"] if amp else ["fp32"]):
+        if kind == "amp" and amp is None:
+            raise SystemExit(
+                f"--baseline amp: {device} has no bf16 units (CPU flags: none of amx_bf16, avx512_bf16, bf16), "
+                "so the community's autocast would run emulated; measure --baseline fp32"
+            )
+        others.append(("fp32", "fp32") if kind == "fp32" else (amp, f"amp ({amp})"))
+    methods = ["baseline", "community"] if opts.community_code else ["baseline"]
+    return [Variant("ours", p, p) for p in ours] + [Variant(m, p, label) for m in methods for p, label in others]
+
+
+def default_precisions(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["bf16"]
+    return ["fp32", "bf16"] if cpu_bf16_units() else ["fp32"]
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -285,17 +346,19 @@ def _peak_memory(device) -> dict:
 def measure(
     run_step: Callable[[Step, Clock], torch.Tensor], steps: list[Step], warmup: int, repeats: int, device
 ) -> dict:
-    """Medians over `repeats` passes of the measured steps, after `warmup` steps; then the phase split."""
+    """Medians over `repeats` passes of the measured steps, after `warmup` steps; then the phase split.
+    The losses of the warm-up and the first pass are returned, read after the timing."""
     no_clock: Clock = lambda phase: None  # noqa: E731
-    for step in steps[:warmup]:
-        run_step(step, no_clock)
+    losses = [run_step(step, no_clock) for step in steps[:warmup]]
     measured = steps[warmup:]
     _sync(device)
     passes = []
-    for _ in range(repeats):
+    for i in range(repeats):
         start = time.perf_counter()
         for step in measured:
-            run_step(step, no_clock)
+            loss = run_step(step, no_clock)
+            if i == 0:
+                losses.append(loss)
         _sync(device)
         passes.append(time.perf_counter() - start)
     seconds = statistics.median(passes)
@@ -324,6 +387,7 @@ def measure(
         "optimizer_steps_per_s": len(measured) / seconds,
         "model_flops_per_s": sum(s.flops for s in measured) / seconds,
         "phase_ms_median": {p: 1000 * statistics.median(t) for p, t in phases.items()},
+        "losses": [float(loss) for loss in losses],
     }
 
 
@@ -345,114 +409,226 @@ def machine(device) -> dict:
         ),
         platform.processor(),
     )
-    out = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+    out = {
+        "cpu": cpu,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_units": cpu_bf16_units(),  # /proc/cpuinfo flag, or None
+        "torch": torch.__version__,
+        "device": str(device),
+    }
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
 
 
 def _step_fn(
-    name: str, args: ModelArgs, cfg: TrainConfig, device, precision: str, opts
+    variant: Variant, args: ModelArgs, cfg: TrainConfig, device, opts, community=None, steps: list[Step] = ()
 ) -> Callable[[Step, Clock], torch.Tensor]:
-    """A fresh model (same seed: same weights for both methods) and optimizer, and its step."""
+    """A fresh model (same seed: same weights for every variant) and optimizer, and its step."""
     model = build_model(args, seed=opts.seed, device=device).train()
-    if name == "baseline":
+    scaler = torch.amp.GradScaler(device.type, enabled=variant.precision == "fp16")
+    if variant.method == "community":
+        return community.step_fn(model, cfg, device, variant.precision, steps, clip=1.0)
+    if variant.method == "baseline":
         optimizer = baseline_optimizer(model, cfg)
-        return lambda step, clock: baseline_step(model, optimizer, step, device, clock)
+        return lambda step, clock: baseline_step(model, optimizer, scaler, step, device, variant.precision, clock)
     set_trainable(model, cfg)
     model.backbone.checkpoint_layers = model.decoder.checkpoint_layers = cfg.activation_checkpointing
     optimizer = build_optimizer(model, cfg)
     forward = torch.compile(model) if cfg.compile else model
-    return lambda step, clock: our_step(model, optimizer, step, device, precision, forward, clock)
+    return lambda step, clock: our_step(model, optimizer, scaler, step, device, variant.precision, forward, clock)
 
 
-def run(opts: argparse.Namespace) -> dict:
-    device = torch.device(opts.device)
-    args = MODEL_CONFIGS[opts.model]
-    precision = opts.precision or ("bf16" if device.type == "cuda" else "fp32")
-    rows_per_step = opts.rows_per_step or opts.rows
-    accum = max(1, rows_per_step // opts.rows)
-    packer = Packer(max_rows=min(opts.max_rows, opts.rows), rows_per_batch=opts.rows, pad_multiple=opts.pad_multiple)
+def build_steps(opts: argparse.Namespace, args: ModelArgs, rows_per_step: int) -> tuple[list[Step], int, int]:
+    """The steps of one step size: (steps, rows per micro-batch, micro-batches per step)."""
+    micro = min(opts.rows, rows_per_step)
+    if rows_per_step % micro:
+        raise SystemExit(f"--rows-per-step {rows_per_step} is not a multiple of the micro-batch ({micro} rows)")
+    accum = rows_per_step // micro
+    packer = Packer(max_rows=min(opts.max_rows, micro), rows_per_batch=micro, pad_multiple=opts.pad_multiple)
     n_batches = (opts.warmup + opts.steps) * accum
     if opts.data:
         it = iter(TrainLoader(opts.data, packer, seed=opts.seed, num_workers=0))
         batches = [next(it) for _ in range(n_batches)]
     else:
         # ~1.3x the samples the steps need: the pool's sparse last batches are left unused.
-        per_batch = max(1, opts.rows // 150)
+        per_batch = max(1, micro // 150)
         batches = synthetic_batches(int(n_batches * per_batch * 1.3) + 8, args, packer, opts.seed)[:n_batches]
     steps = make_steps(batches, accum, args, opts.seed, opts.baseline_batch)
     if len(steps) < opts.warmup + opts.steps:
         raise SystemExit(f"only {len(steps)} steps of data for --warmup {opts.warmup} + --steps {opts.steps}")
+    return steps, micro, accum
+
+
+def loss_gaps(results: dict[str, dict], chosen: list[Variant]) -> dict[str, float]:
+    """Per variant not in fp32: the largest relative difference of its losses from the same method's
+    fp32 losses over the warm-up steps and the first pass (same weights, same data)."""
+    out = {}
+    for v in chosen:
+        ref = next((r for r in chosen if r.method == v.method and r.precision == "fp32"), None)
+        if ref is None or ref == v:
+            continue
+        a, b = results[v.name]["losses"], results[ref.name]["losses"]
+        out[v.name] = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+    return out
+
+
+def community_code_module():
+    """benchmarks/community_code.py, beside this script (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("community_code", Path(__file__).with_name("community_code.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(opts: argparse.Namespace) -> dict:
+    device = torch.device(opts.device)
+    args = MODEL_CONFIGS[opts.model]
+    chosen = variants(opts, device)
+    community = None
+    if opts.community_code:
+        code = community_code_module()
+        try:
+            community = code.load(opts.community_code, args)
+        except code.CommunityCodeError as e:
+            raise SystemExit(f"--community-code: {e}") from None
     cfg = TrainConfig(activation_checkpointing=opts.activation_checkpointing, compile=opts.compile)
-
-    results = {}
-    for name in ("ours", "baseline"):
-        _reset_peak_memory(device)
-        run_step = _step_fn(name, args, cfg, device, precision, opts)
-        results[name] = measure(run_step, steps, opts.warmup, opts.repeats, device) | _peak_memory(device)
-        del run_step  # frees the model and optimizer state before the next method's peak is taken
-
+    headline_precision = resolve_precision("auto", device)
+    ours = [v for v in chosen if v.method == "ours"]
+    headline = next((v for v in ours if v.precision == headline_precision), ours[0])
     peak = peak_flops(device, opts.peak_flops)
-    for r in results.values():
-        r["mfu"] = r["model_flops_per_s"] / peak if peak else None
-    measured = steps[opts.warmup :]
-    return {
+
+    report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
-        | {"precision": precision, "accum": accum, "rows_per_step": rows_per_step},
+        | {"variants": [v.name for v in chosen], "headline": headline.name},
         "machine": machine(device),
-        "data": {
-            "samples_per_step": statistics.mean(s.samples for s in measured),
-            "frames_per_step": statistics.mean(s.frames for s in measured),
-            "decoder_frames_per_step": statistics.mean(s.decoder_frames for s in measured),
-        },
         "peak_flops": peak,
         "mfu_formula": MFU_FORMULA,
-        "results": results,
-        "ratio_frames_per_s": results["ours"]["frames_per_s"] / results["baseline"]["frames_per_s"],
+        "community_code": community.sources if community else None,
+        "sizes": [],
     }
+    for rows_per_step in opts.rows_per_step:
+        steps, micro, accum = build_steps(opts, args, rows_per_step)
+        results = {}
+        for variant in chosen:
+            _reset_peak_memory(device)
+            run_step = _step_fn(variant, args, cfg, device, opts, community, steps)
+            results[variant.name] = measure(run_step, steps, opts.warmup, opts.repeats, device) | _peak_memory(device)
+            results[variant.name]["mfu"] = results[variant.name]["model_flops_per_s"] / peak if peak else None
+            fps = results[variant.name]["frames_per_s"]
+            print(f"{rows_per_step} rows/step, {variant.name}: {fps:,.0f} frames/s", file=sys.stderr, flush=True)
+            del run_step  # frees the model and optimizer state before the next variant's peak is taken
+        others = {v.name: results[v.name]["frames_per_s"] for v in chosen if v.method != "ours"}
+        fastest = max(others, key=others.get)
+        measured = steps[opts.warmup :]
+        report["sizes"].append(
+            {
+                "rows_per_step": rows_per_step,
+                "rows_per_micro_batch": micro,
+                "accum": accum,
+                "data": {
+                    "samples_per_step": statistics.mean(s.samples for s in measured),
+                    "frames_per_step": statistics.mean(s.frames for s in measured),
+                    "decoder_frames_per_step": statistics.mean(s.decoder_frames for s in measured),
+                },
+                "results": results,
+                "ours": headline.name,
+                "fastest_baseline": fastest,
+                "ratio_frames_per_s": results[headline.name]["frames_per_s"] / others[fastest],
+                "ratios": {o.name: {b: results[o.name]["frames_per_s"] / f for b, f in others.items()} for o in ours},
+                "loss_rel_gap": loss_gaps(results, chosen),
+            }
+        )
+        if opts.json:  # after each size: a long sweep that is stopped keeps what it measured
+            opts.json.write_text(json.dumps(report, indent=2))
+    return report
 
 
-def print_table(report: dict) -> None:
-    r, cfg = report["results"], report["config"]
-    table = Table(
-        title=f"{cfg['model']} on {report['machine'].get('gpu', report['machine']['cpu'])}, "
-        f"{cfg['rows']} rows/micro-batch, {cfg['rows_per_step']} rows/step"
-    )
-    table.add_column("")
-    for name in r:
-        table.add_column(name, justify="right")
-    mib = lambda key: [f"{v[key]:,.0f}" if key in v else "-" for v in r.values()]  # noqa: E731
-    lines = [
-        ("audio frames/s", [f"{v['frames_per_s']:,.0f}" for v in r.values()]),
-        ("backbone positions/s", [f"{v['backbone_positions_per_s']:,.0f}" for v in r.values()]),
-        ("optimizer steps/s", [f"{v['optimizer_steps_per_s']:.3f}" for v in r.values()]),
-        ("MFU", [f"{v['mfu']:.1%}" if v["mfu"] is not None else "n/a" for v in r.values()]),
-        *[
-            (f"{p} ms/step", [f"{v['phase_ms_median'][p]:,.1f}" for v in r.values()])
-            for p in ("forward", "backward", "optimizer")
-        ],
-        ("peak RSS MiB", mib("peak_rss_mib")),
-        ("CUDA max allocated MiB", mib("cuda_max_allocated_mib")),
-        ("CUDA max reserved MiB", mib("cuda_max_reserved_mib")),
-    ]
-    for label, cells in lines:
-        table.add_row(label, *cells)
-    console = Console()
+def print_tables(report: dict) -> None:
+    cfg, m = report["config"], report["machine"]
+    console = Console(width=None if Console().is_terminal else 170)  # a log file keeps whole columns
+    where = m.get("gpu") or f"{m['cpu']} ({m['cpu_threads']} threads, bf16 units: {m['cpu_bf16_units'] or 'none'})"
+    table = Table(title=f"{cfg['model']} on {where}, torch {m['torch']}: frames/s and ms per optimizer step")
+    cuda = "gpu" in m
+    columns = ["rows/step", "variant", "frames/s", "x fastest baseline", "forward ms", "backward ms", "optimizer ms",
+               "MFU", "peak RSS MiB", "CUDA max alloc MiB", "loss gap vs fp32"]  # fmt: skip
+    for col in columns if cuda else [c for c in columns if c != "CUDA max alloc MiB"]:
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    for size in report["sizes"]:
+        fastest = size["fastest_baseline"]
+        for i, (name, r) in enumerate(size["results"].items()):
+            ratio = size["ratios"].get(name, {}).get(fastest)
+            gap = size["loss_rel_gap"].get(name)
+            phase = r["phase_ms_median"]
+            table.add_row(
+                f"{size['rows_per_step']:,} ({size['accum']}x{size['rows_per_micro_batch']:,})" if i == 0 else "",
+                f"[bold]{name}[/bold]" if name in (size["ours"], fastest) else name,
+                f"{r['frames_per_s']:,.0f}",
+                f"{ratio:.2f}x" if ratio is not None else ("fastest" if name == fastest else ""),
+                f"{phase['forward']:,.0f}",
+                f"{phase['backward']:,.0f}",
+                f"{phase['optimizer']:,.0f}",
+                f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+                f"{r['peak_rss_mib']:,.0f}",
+                *([f"{r['cuda_max_allocated_mib']:,.0f}"] if cuda else []),
+                f"{gap:.1e}" if gap is not None else "",
+                end_section=i == len(size["results"]) - 1,
+            )
     console.print(table)
-    console.print(f"ours / baseline frames/s: [bold]{report['ratio_frames_per_s']:.2f}x[/bold]")
+    for size in report["sizes"]:
+        console.print(
+            f"{size['rows_per_step']:,} rows/step: {size['ours']} / fastest baseline ({size['fastest_baseline']}) "
+            f"frames/s = [bold]{size['ratio_frames_per_s']:.2f}x[/bold]"
+        )
+    if report["community_code"]:
+        console.print(f"community code: {report['community_code']}")
     console.print(f"[dim]{report['mfu_formula']}; peak = {report['peak_flops'] or 'n/a (pass --peak-flops)'}[/dim]")
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        return [kind(item) for item in text.split(",") if item]
+
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", choices=sorted(MODEL_CONFIGS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rows", type=int, default=2048, help="rows per micro-batch (B*S budget of one forward)")
-    p.add_argument("--rows-per-step", type=int, help="rows per optimizer step (default: --rows, no accumulation)")
+    p.add_argument(
+        "--rows-per-step",
+        type=_csv(int),
+        default=[2048, 4096, 16384],
+        help="rows per optimizer step, comma-separated sizes: one table row group each (default %(default)s)",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=4096,
+        help="rows per micro-batch at most (train.rows_per_micro_batch); larger steps accumulate",
+    )
     p.add_argument("--max-rows", type=int, default=2048, help="rows of one packed sequence (data.max_rows)")
     p.add_argument("--pad-multiple", type=int, default=64)
-    p.add_argument("--precision", choices=("bf16", "fp32"), help="ours (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument(
+        "--precision",
+        type=_csv(str),
+        help="ours, comma-separated from auto,bf16,fp16,fp32 (default: bf16 on CUDA; fp32 and, on a CPU "
+        "with bf16 units, bf16)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=_csv(str),
+        help="baseline variants, comma-separated from fp32,amp (default: both where amp has units)",
+    )
+    p.add_argument(
+        "--community-code",
+        type=Path,
+        metavar="DIR",
+        help="also run the community's own code: DIR holds checkouts csm/ (SesameAILabs/csm) and "
+        "sesame-finetune/ (knottwill/sesame-finetune)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--baseline-batch", type=int, default=8, help="samples per baseline micro-batch")
@@ -463,15 +639,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-flops", type=float, help="device peak FLOP/s for MFU (needed on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the report here")
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)  # fmt: skip
+    bad = [x for x in opts.precision or () if x not in PRECISIONS] + [
+        x for x in opts.baseline or () if x not in ("fp32", "amp")
+    ]
+    if bad:
+        p.error(f"unknown precision/variant {bad}: --precision takes {','.join(PRECISIONS)}, --baseline fp32,amp")
+    if not opts.rows_per_step or min(opts.rows_per_step) <= 0:
+        p.error("--rows-per-step needs positive sizes")
+    return opts
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     opts = parse_args(argv)
     report = run(opts)
-    print_table(report)
-    if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2))
+    print_tables(report)
+    return report
 
 
 if __name__ == "__main__":

@@ -119,6 +119,25 @@ def register_loss_strategies(register):
 '''
 
 
+# Records what the loggers are told the run is: the recipe as it trains.
+RECIPE_RECORDER = """
+import json
+from csm_adapt import hookimpl
+from csm_adapt.plugin_api import Logger
+
+
+class RecipeRecorder(Logger):
+    def begin(self, run):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logged_train.json").write_text(json.dumps(run.recipe["train"]))
+
+
+@hookimpl
+def register_loggers(register):
+    register("recipe_recorder", RecipeRecorder)
+"""
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """12 demo clips (10 train, 2 val), prepared once for every test here."""
@@ -189,6 +208,20 @@ def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 41))
     assert "samples/0" in events.Tags()["audio"]
     assert events.Audio("samples/0")[0].sample_rate == 24_000
+
+
+@pytest.mark.parametrize(("units", "expected"), [(None, "fp32"), ("avx512_bf16", "bf16")])
+def test_auto_precision_is_resolved_for_the_device_and_logged(tmp_path, dataset, monkeypatch, units, expected):
+    from csm_adapt.training import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda cpuinfo=None: units)
+    (tmp_path / "recorder.py").write_text(RECIPE_RECORDER)
+    overrides = ["train.precision=auto", "train.steps=1", "train.val_every=1", "train.checkpoint_every=1"]
+    extra = '[[loggers]]\nname = "recipe_recorder"\n'
+    run_dir, recipe = run_recipe(tmp_path, dataset, overrides, plugins=["recorder.py"], extra=extra)
+    assert recipe.train.precision == "auto"
+    train(recipe)
+    assert json.loads((run_dir / "logged_train.json").read_text())["precision"] == expected
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, dataset):

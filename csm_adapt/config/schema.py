@@ -175,7 +175,8 @@ class TrainConfig:
     min_lr_ratio: float = attrs.field(default=0.1, validator=_fraction)  # cosine/linear floor, as a fraction of lr
     decay_rate: float = attrs.field(default=0.999, validator=_positive)  # exponential: lr multiplier per step
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    precision: str = attrs.field(default="bf16", validator=_in("bf16", "fp16", "fp32"))
+    # "auto": bf16 on CUDA and on CPUs with bf16 units, else fp32 (csm_adapt/training/precision.py).
+    precision: str = attrs.field(default="auto", validator=_in("auto", "bf16", "fp16", "fp32"))
     trainable: str = attrs.field(default="all", validator=_in("all", "backbone", "decoder"))
     freeze_text_embeddings: bool = False
     # adamw8bit keeps both moments in 8 bits (the `lowmem` extra); see README "Adapters and memory".

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import torch
 
 from csm_adapt.config.objective import Objective
@@ -32,6 +33,7 @@ from csm_adapt.training.distributed import Dist, all_reduce_sum, init_distribute
 from csm_adapt.training.loggers import LoggerFanOut
 from csm_adapt.training.losses import loss_parts
 from csm_adapt.training.optim import build_optimizer, build_scheduler, set_trainable
+from csm_adapt.training.precision import resolve_precision
 from csm_adapt.training.run_checkpoints import (
     checkpoints_dir,
     latest_step_dir,
@@ -115,9 +117,13 @@ def claim_run_dir(run_dir: Path, resume: bool) -> Iterator[None]:
 
 
 def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], None] | None) -> Path:
-    cfg = recipe.train
     run_dir = Path(recipe.output.run_dir)
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = pick_device(recipe.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    # "auto" precision becomes this device's, so that the recipe the loggers record says what trained.
+    recipe = attrs.evolve(
+        recipe, train=attrs.evolve(recipe.train, precision=resolve_precision(recipe.train.precision, device))
+    )
+    cfg = recipe.train
     d = init_distributed(device)
     torch.manual_seed(cfg.seed)
 
