@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 from click.testing import CliRunner
+from lock_holder import lock_held_elsewhere
 from rich.console import Console
 
 from csm_adapt.cli import cli
@@ -345,3 +346,22 @@ def test_malformed_metadata_lines_are_rejected_unless_most_are(tmp_path, fronten
     with pytest.raises(CsmAdaptError, match=r"2 of 3 metadata records are malformed.*max_malformed_share=0.25"):
         prepare(json_data(meta, tmp_path / "out2"), MODEL, console=QUIET, frontend=frontend)
     assert not (tmp_path / "out2" / "index.json").exists()
+
+
+def test_one_prepare_per_folder_and_leftovers_of_a_killed_one_are_cleaned(tmp_path, frontend):
+    root = tmp_path / "set"
+    root.mkdir()
+    tone(root / "a.wav", 0.2)
+    meta = root / "meta.jsonl"
+    meta.write_text(json.dumps({"text": "Un.", "path": "a.wav"}) + "\n", "utf-8")
+    data = json_data(meta, tmp_path / "out")
+    data.out.mkdir()
+    stale = [data.out / ".train-000004.tar.999999.tmp", data.out / ".rejects.jsonl.999999.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a killed prepare")
+    with lock_held_elsewhere(data.out) as pid:
+        with pytest.raises(CsmAdaptError, match=rf"out is in use by another csm-adapt prepare \(PID {pid}\)"):
+            prepare(data, MODEL, console=QUIET, frontend=frontend)
+        assert all(path.exists() for path in stale)  # refused: nothing touched
+    prepare(data, MODEL, console=QUIET, frontend=frontend)
+    assert sorted(p.name for p in data.out.iterdir()) == ["index.json", "rejects.jsonl", "train-000000.tar"]
