@@ -365,3 +365,23 @@ def test_one_prepare_per_folder_and_leftovers_of_a_killed_one_are_cleaned(tmp_pa
         assert all(path.exists() for path in stale)  # refused: nothing touched
     prepare(data, MODEL, console=QUIET, frontend=frontend)
     assert sorted(p.name for p in data.out.iterdir()) == ["index.json", "rejects.jsonl", "train-000000.tar"]
+
+
+def test_a_full_disk_stops_prepare_with_one_line_and_keeps_the_finished_shards(clips, tmp_path, frontend, monkeypatch):
+    import errno
+
+    data = json_data(clips / "meta.jsonl", tmp_path / "out", shard_samples=2)
+    real_write = prepare_module.write_shard
+
+    def write_until_full(path, samples):
+        if path.name == "train-000001.tar":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, samples)
+
+    monkeypatch.setattr(prepare_module, "write_shard", write_until_full)
+    with pytest.raises(CsmAdaptError) as caught:
+        prepare(data, MODEL, console=QUIET, frontend=frontend)
+    message = str(caught.value)
+    assert f"could not write {data.out / 'train-000001.tar'}: no space left" in message
+    assert "free)" in message and "shards written so far are kept" in message and "csm-adapt prepare" in message
+    assert (data.out / "train-000000.tar").is_file() and not (data.out / ".lock").exists()

@@ -24,7 +24,7 @@ def test_kill9_during_training_then_resume_matches_an_uninterrupted_run(demo, tm
         return ["run", recipe, *(["--resume"] if latest_step_dir(run_dir) else [])]
 
     kills = 0
-    for delay in kill_points(seed=15, count=3, longest=duration):
+    for delay in kill_points(seed=15, count=2, longest=0.9 * duration):
         if not kill_after(args(), tmp_path, delay):
             break  # it finished first
         kills += 1
