@@ -79,11 +79,11 @@ class LJSpeechReader:
             text = fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]
         if not clip_id:
             raise CsmAdaptError(f"{where}: empty clip id")
+        audio = inside_root(self.options.root / "wavs", f"{clip_id}.wav", where, absolute_paths=None)
         if self.speakers is not None:
             if clip_id not in self.speakers:
                 raise CsmAdaptError(f"{where}: clip {clip_id!r} is not in {self.options.speakers}")
             speaker = self.speakers[clip_id]
-        audio = inside_root(self.options.root / "wavs", f"{clip_id}.wav", where, absolute_paths=None)
         return Sample(id=clip_id, turns=(Turn(speaker, text.strip(), audio),), source=where)
 
 

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 from click.testing import CliRunner
+from lock_holder import lock_held_elsewhere
 from rich.console import Console
 
 from csm_adapt.cli import cli
@@ -385,3 +386,42 @@ def test_a_prepare_that_keeps_nothing_fails_counting_the_reject_reasons(clips, t
     result = CliRunner().invoke(cli, ["prepare", str(recipe)])
     assert result.exit_code == 2
     assert "kept no train samples: 3 samples read, 3 rejected (corrupt: 1, missing: 2)" in result.output
+
+
+def test_one_prepare_per_folder_and_leftovers_of_a_killed_one_are_cleaned(tmp_path, frontend):
+    root = tmp_path / "set"
+    root.mkdir()
+    tone(root / "a.wav", 0.2)
+    meta = root / "meta.jsonl"
+    meta.write_text(json.dumps({"text": "Un.", "path": "a.wav"}) + "\n", "utf-8")
+    data = json_data(meta, tmp_path / "out")
+    data.out.mkdir()
+    stale = [data.out / ".train-000004.tar.999999.tmp", data.out / ".rejects.jsonl.999999.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a killed prepare")
+    with lock_held_elsewhere(data.out) as pid:
+        with pytest.raises(CsmAdaptError, match=rf"out is in use by another csm-adapt prepare \(PID {pid}\)"):
+            prepare(data, MODEL, console=QUIET, frontend=frontend)
+        assert all(path.exists() for path in stale)  # refused: nothing touched
+    prepare(data, MODEL, console=QUIET, frontend=frontend)
+    assert sorted(p.name for p in data.out.iterdir()) == ["index.json", "rejects.jsonl", "train-000000.tar"]
+
+
+def test_a_full_disk_stops_prepare_with_one_line_and_keeps_the_finished_shards(clips, tmp_path, frontend, monkeypatch):
+    import errno
+
+    data = json_data(clips / "meta.jsonl", tmp_path / "out", shard_samples=2)
+    real_write = prepare_module.write_shard
+
+    def write_until_full(path, samples):
+        if path.name == "train-000001.tar":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, samples)
+
+    monkeypatch.setattr(prepare_module, "write_shard", write_until_full)
+    with pytest.raises(CsmAdaptError) as caught:
+        prepare(data, MODEL, console=QUIET, frontend=frontend)
+    message = str(caught.value)
+    assert f"could not write {data.out / 'train-000001.tar'}: no space left" in message
+    assert "free)" in message and "shards written so far are kept" in message and "csm-adapt prepare" in message
+    assert (data.out / "train-000000.tar").is_file() and not (data.out / ".lock").exists()

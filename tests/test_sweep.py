@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
+from lock_holder import lock_held_elsewhere
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -263,17 +263,10 @@ def test_workers_share_a_study_in_postgresql(recipe_path, postgres_url):
 
 def test_a_sweep_directory_in_use_is_refused_naming_the_holder(recipe_path):
     out = sweep_dir(load_recipe(recipe_path))
-    hold = "import sys, time\nfrom csm_adapt.files import DirLock\nDirLock(sys.argv[1], 'x').acquire()\nprint('held')"
-    hold += "\nsys.stdout.flush()\ntime.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(CsmAdaptError, match=rf"is in use by another csm-adapt sweep \(PID {holder.pid}\)"):
+    with lock_held_elsewhere(out) as pid:
+        with pytest.raises(CsmAdaptError, match=rf"is in use by another csm-adapt sweep \(PID {pid}\)"):
             run_sweep(recipe_path, [], trials=1, workers=1, console=Console(quiet=True))
         assert not (out / "journal.log").exists()  # refused before the study was opened
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_objective_may_be_an_eval_metric_with_its_direction(tmp_path):

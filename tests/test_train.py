@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from lock_holder import lock_held_elsewhere
 
 from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
 from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import CsmAdaptError
+from csm_adapt.files import DirLock
 from csm_adapt.model.checkpoint import load_model
 from csm_adapt.training.loop import train
 from csm_adapt.training.run_checkpoints import load_trainer_state
@@ -266,30 +268,15 @@ def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path, dataset
         train(recipe)
 
 
-HOLD_LOCK = """
-import sys, time
-from csm_adapt.files import DirLock
-DirLock(sys.argv[1], "csm-adapt run").acquire()
-print("held", flush=True)
-time.sleep(120)
-"""
-
-
 def test_a_run_directory_in_use_is_refused_naming_the_holder_and_freed_by_its_death(tmp_path, dataset):
     run_dir, recipe = run_recipe(tmp_path, dataset)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(CsmAdaptError, match=rf"{run_dir} is in use by another csm-adapt run \(PID {holder.pid}\)"):
+    with lock_held_elsewhere(run_dir) as pid:
+        with pytest.raises(CsmAdaptError, match=rf"{run_dir} is in use by another csm-adapt run \(PID {pid}\)"):
             train(recipe)
         result = CliRunner().invoke(cli, ["run", str(tmp_path / "recipe.toml")])
-        assert result.exit_code != 0 and f"PID {holder.pid}" in result.output
+        assert result.exit_code != 0 and f"PID {pid}" in result.output
         assert not (run_dir / "recipe.toml").exists() and not (run_dir / "metrics.jsonl").exists()
-    finally:
-        holder.kill()  # like a crash: the kernel drops its lock
-        holder.wait()
-    from csm_adapt.files import DirLock
-
+    # The holder was killed (-9): the kernel dropped its lock, so the directory is free again.
     with DirLock(run_dir, "test"):
         pass
     assert not (run_dir / ".lock").exists()
@@ -298,6 +285,7 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder_and_freed_by_its_de
 def test_a_refused_run_writes_nothing(tmp_path, dataset):
     run_dir, _ = run_recipe(tmp_path, dataset)
     (run_dir / "checkpoints" / "step-000004").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-000004" / "trainer.pt").write_bytes(b"")
     (run_dir / "recipe.toml").write_text("# the earlier run's recipe\n")
     before = sorted((p.relative_to(run_dir), p.read_bytes() if p.is_file() else None) for p in run_dir.rglob("*"))
     for args in ([], ["train.lr=1.0"]):

@@ -251,8 +251,10 @@ def _due(done: int, every: int, last: int) -> bool:
 def _refuse_to_mix_runs(run_dir: Path, resume: bool) -> None:
     if resume and latest_step_dir(run_dir) is None:
         raise TrainingError(f"--resume: no complete checkpoint under {checkpoints_dir(run_dir)}")
-    existing = checkpoints_dir(run_dir)
-    if not resume and existing.is_dir() and any(existing.iterdir()):
+    # A run killed before its first step checkpoint left nothing to continue (at most a `best`
+    # model, which the new run's first validation replaces): starting over is allowed then.
+    existing = latest_step_dir(run_dir) or checkpoints_dir(run_dir) / "final"
+    if not resume and existing.is_dir():
         # Starting over would mix two runs' checkpoints, metrics and samples in one directory.
         raise TrainingError(
             f"{run_dir} already holds a run ({existing}); continue it with --resume, or train into another "
