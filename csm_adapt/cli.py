@@ -13,6 +13,7 @@ from csm_adapt.commands.convert import convert
 from csm_adapt.commands.generate import generate
 from csm_adapt.commands.plugins import plugins
 from csm_adapt.commands.prepare import prepare
+from csm_adapt.commands.recipes import recipes
 from csm_adapt.commands.run import run
 from csm_adapt.commands.sweep import sweep
 from csm_adapt.commands.validate import validate
@@ -26,7 +27,7 @@ def report_error(error: CsmAdaptError) -> None:
 
 
 # Commands that work while an installed plugin is broken: they are how a user finds and fixes it.
-WORK_WITH_BROKEN_PLUGINS = ("plugins",)
+WORK_WITH_BROKEN_PLUGINS = ("plugins", "recipes")
 
 
 class CsmAdaptGroup(click.Group):
@@ -56,7 +57,7 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, validate, generate, convert, plugins):
+for command in (run, sweep, prepare, validate, generate, convert, plugins, recipes):
     cli.add_command(command)
 
 
