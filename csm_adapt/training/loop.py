@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from csm_adapt.config.recipe import recipe_to_dict, recipe_to_toml
+from csm_adapt.config.recipe import changed_settings, recipe_to_dict, recipe_to_toml
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.loader import TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
@@ -190,7 +190,7 @@ def train(recipe: Recipe, *, resume: bool = False, on_validation: Callable[[int,
         full = parallel.full_model(wrapped)
         if d.is_main:
             save_model_dir(final, full, frontend)
-        loggers.log_hparams(recipe_to_dict(recipe), {"best_val_loss": best_val})
+        loggers.log_hparams(changed_settings(recipe), {"best_val_loss": best_val})
         return final
 
 
