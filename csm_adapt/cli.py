@@ -13,6 +13,7 @@ from csm_adapt.commands.convert import convert
 from csm_adapt.commands.generate import generate
 from csm_adapt.commands.plugins import plugins
 from csm_adapt.commands.prepare import prepare
+from csm_adapt.commands.push import push
 from csm_adapt.commands.recipes import recipes
 from csm_adapt.commands.run import run
 from csm_adapt.commands.sweep import sweep
@@ -57,7 +58,7 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, validate, generate, convert, plugins, recipes):
+for command in (run, sweep, prepare, validate, generate, convert, push, plugins, recipes):
     cli.add_command(command)
 
 
