@@ -15,6 +15,8 @@ from csm_adapt.commands.generate import generate
 from csm_adapt.commands.merge import merge
 from csm_adapt.commands.plugins import plugins
 from csm_adapt.commands.prepare import prepare
+from csm_adapt.commands.push import push
+from csm_adapt.commands.recipes import recipes
 from csm_adapt.commands.run import run
 from csm_adapt.commands.segment import segment
 from csm_adapt.commands.sweep import sweep
@@ -29,7 +31,7 @@ def report_error(error: CsmAdaptError) -> None:
 
 
 # Commands that work while an installed plugin is broken: they are how a user finds and fixes it.
-WORK_WITH_BROKEN_PLUGINS = ("plugins",)
+WORK_WITH_BROKEN_PLUGINS = ("plugins", "recipes")
 
 
 class CsmAdaptGroup(click.Group):
@@ -59,7 +61,7 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, segment, validate, generate, convert, merge, plugins, evaluate):
+for command in (run, sweep, prepare, segment, validate, generate, convert, merge, push, plugins, recipes, evaluate):
     cli.add_command(command)
 
 

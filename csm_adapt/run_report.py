@@ -15,7 +15,7 @@ DESCRIPTIONS = {
     "checkpoints/best": "best validation loss so far",
     "checkpoints/final": "the model at the end",
     "metrics.jsonl": "every metric, one JSON line each",
-    "tensorboard": "TensorBoard events: tensorboard --logdir {run_dir}",
+    "tensorboard": "TensorBoard events: tensorboard --logdir {run_dir}/tensorboard",
 }
 STEP_CHECKPOINT = "model + optimizer/scheduler/data/RNG state (resume)"
 SAMPLES = "the prompts as generated at step {step}"

@@ -41,18 +41,21 @@ def test_most_commands_show_an_example():
 
 
 @pytest.mark.parametrize(("shown_in", "words"), EXAMPLES, ids=[" ".join(w) for _, w in EXAMPLES])
-def test_help_example_parses_and_names_what_exists(shown_in, words, monkeypatch):
-    monkeypatch.chdir(REPO)
-    command = cli.commands[words[0]]
-    try:
-        command.make_context(words[0], list(words[1:]), resilient_parsing=False)
-    except click.exceptions.Exit:
-        pass
+def test_help_example_parses_and_names_what_exists(shown_in, words, monkeypatch, tmp_path):
+    # In a folder with the repository's recipes and the run paths the example names, as after a run.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(REPO / "recipes")
     for word in words[1:]:
         if re.fullmatch(r"recipes/[\w.-]+\.toml", word):
             assert (REPO / word).is_file(), f"`csm-adapt {' '.join(words)}` (in {shown_in} --help): no {word}"
         elif word.startswith("runs/"):
             assert RUN_PATH.fullmatch(word), f"{word} (in {shown_in} --help) is not a path a run writes"
+            (tmp_path / word).mkdir(parents=True) if "checkpoints/" in word else None
+    command = cli.commands[words[0]]
+    try:
+        command.make_context(words[0], list(words[1:]), resilient_parsing=False)
+    except click.exceptions.Exit:
+        pass
 
 
 @pytest.mark.parametrize(

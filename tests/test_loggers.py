@@ -36,36 +36,50 @@ def read_events(log_dir) -> EventAccumulator:
 
 
 def test_tensorboard_event_file_holds_scalars_audio_text_and_recipe(tmp_path):
-    logger = TensorBoardLogger(TensorBoardOptions(), tmp_path)
+    run_dir = tmp_path / "french-v2"
+    logger = TensorBoardLogger(TensorBoardOptions(), run_dir)
     logger.begin(RUN)
     logger.log_scalars(10, {"train/loss": 3.0, "train/lr": 1e-5})
     logger.log_scalars(20, {"train/loss": 2.0, "train/lr": 2e-5})
     logger.log_scalars(20, val_scalars(2.2))
     wav = torch.sin(torch.arange(2400) / 10) * 1.5  # 0.1 s, partly out of [-1, 1]
     logger.log_audio(20, "samples/0", wav, 24000)
-    logger.log_text(20, "samples/0", "Marie aime les pommes.")
+    logger.log_text(20, "samples/0", "[0] Marie aime les pommes.")
+    logger.log_audio(20, "samples/1", wav, 24000)  # no text follows: written without a label at close
     logger.close()
 
-    events = read_events(tmp_path / "tensorboard")
-    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(10, 3.0), (20, 2.0)]
-    assert events.Scalars("val/loss")[0].value == pytest.approx(2.2)
-    assert len(events.Tags()["scalars"]) == 2 + 3 + 32
-    (audio,) = events.Audio("samples/0")
-    assert (audio.step, audio.sample_rate, audio.length_frames) == (20, 24000, 2400)
-    assert audio.encoded_audio_string[:4] == b"RIFF"
-    texts = {tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]}
-    assert texts["samples/0/text_summary"] == "Marie aime les pommes."
+    # The run is named after its run directory: the events sit in tensorboard/<run dir name>.
+    events = read_events(run_dir / "tensorboard" / "french-v2")
+    assert [(e.step, e.value) for e in events.Scalars("loss/train")] == [(10, 3.0), (20, 2.0)]
+    assert events.Scalars("loss/val")[0].value == pytest.approx(2.2)
+    assert events.Scalars("loss/val_c0")[0].value == pytest.approx(1.5)
+    assert events.Scalars("val_accuracy/c00")[0].value == pytest.approx(0.5)
+    tags = events.Tags()["scalars"]
+    assert len(tags) == 2 + 3 + 32
+    # TensorBoard shows groups alphabetically and opens the first: the losses.
+    assert sorted({tag.split("/")[0] for tag in tags}) == ["loss", "train", "val_accuracy"]
+    clips = {tag: events.Tensors(tag)[0] for tag in ("samples/0", "samples/1")}
+    (wav_bytes, label), (_, no_label) = (clips[tag].tensor_proto.string_val for tag in ("samples/0", "samples/1"))
+    assert wav_bytes[:4] == b"RIFF" and label == b"[0] Marie aime les pommes." and no_label == b""
+    assert clips["samples/0"].step == 20
+    assert events.SummaryMetadata("samples/0").plugin_data.plugin_name == "audio"
+    texts = {
+        tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+        for tag in events.Tags()["tensors"]
+        if tag.endswith("text_summary")
+    }
+    assert texts["samples/0/text_summary"] == "[0] Marie aime les pommes."
     assert RECIPE_TOML in texts["recipe/text_summary"] and texts["recipe/text_summary"].startswith("```toml")
 
 
 def test_tensorboard_hparams_are_flattened_and_final_metrics_recorded(tmp_path):
-    logger = TensorBoardLogger(TensorBoardOptions(subdir="tb"), tmp_path)
+    logger = TensorBoardLogger(TensorBoardOptions(subdir="tb"), tmp_path / "run")
     logger.begin(RUN)
     logger.log_scalars(100, {"train/loss": 1.0})
-    logger.log_hparams({"train": {"lr": 3e-5, "seed": 0}, "plugins": ["x.py"], "name": "demo"}, {"val/loss": 1.25})
+    logger.log_hparams({"train.lr": 3e-5, "train.seed": 1, "model.config": "tiny"}, {"best_val_loss": 1.25})
     logger.close()
-    events = read_events(tmp_path / "tb")
-    (final,) = events.Scalars("hparam/val/loss")
+    events = read_events(tmp_path / "run" / "tb" / "run")
+    (final,) = events.Scalars("summary/best_val_loss")
     assert (final.step, final.value) == (100, 1.25)
     start = events.SummaryMetadata("_hparams_/session_start_info").plugin_data
     hparams = HParamsPluginData.FromString(start.content).session_start_info.hparams
@@ -73,7 +87,7 @@ def test_tensorboard_hparams_are_flattened_and_final_metrics_recorded(tmp_path):
     assert {name: value.WhichOneof("kind") for name, value in hparams.items()} == {
         "train.lr": "number_value",
         "train.seed": "number_value",
-        "name": "string_value",
+        "model.config": "string_value",
     }
 
 
@@ -92,7 +106,8 @@ def test_tensorboard_resume_drops_events_logged_after_the_checkpoint(tmp_path):
     resumed.begin(RunInfo(total_steps=100, start_step=20, recipe={}, recipe_toml=""))
     resumed.log_scalars(30, {"train/loss": 29.0})
     resumed.close()
-    steps = [(e.step, e.value) for e in read_events(tmp_path / "tensorboard").Scalars("train/loss")]
+    events = read_events(tmp_path / "tensorboard" / tmp_path.name)
+    steps = [(e.step, e.value) for e in events.Scalars("loss/train")]
     assert steps == [(10, 10.0), (20, 20.0), (30, 29.0)]
 
 

@@ -57,3 +57,20 @@ def test_readme_files_and_make_targets_exist():
         for word in words:
             if re.fullmatch(r"(recipes|benchmarks|tests)/[\w/.-]+\.(py|toml)", word):
                 assert (REPO / word).is_file(), word
+
+
+def test_make_help_lists_every_target_with_a_description():
+    import subprocess
+
+    result = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[1] for line in result.stdout.splitlines()}
+    targets = set(re.findall(r"^\.PHONY: (.*)$", (REPO / "Makefile").read_text(), re.M)[0].split())
+    assert listed == targets
+    assert all(len(line.split()) > 2 for line in result.stdout.splitlines())  # each with its description
+
+
+def test_make_setup_shows_installation_progress():
+    makefile = (REPO / "Makefile").read_text()
+    install = [line for line in makefile.splitlines() if "pip install" in line]
+    assert install and all("-q" not in line.split() and "--progress-bar on" in line for line in install)

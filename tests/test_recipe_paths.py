@@ -100,3 +100,17 @@ def test_the_demo_recipe_validates_from_any_folder_and_writes_under_it(tmp_path,
     resolved = load_recipe(REPO / "recipes" / "demo.toml")
     assert resolved.data.reader.options.root == REPO / "recipes" / "demo_data"
     assert resolved.output.run_dir == tmp_path / "runs" / "demo"
+
+
+def test_changed_settings_are_what_hparams_compare_runs_by(tmp_path):
+    from csm_adapt.config.recipe import changed_settings
+
+    recipe = make_recipe_folder(tmp_path)
+    settings = changed_settings(load_recipe(recipe, ["train.lr=1e-4", "train.steps=1000", "data.max_rows=512"]))
+    assert settings == {
+        "loss.strategy": "here",
+        "model.text_tokenizer": str(tmp_path / "tok" / "tokenizer.json"),
+        "model.audio_codec": "offline",
+        "train.lr": 1e-4,
+        "data.max_rows": 512,
+    }  # train.steps=1000 is the default; paths, the reader and the prompts are left out

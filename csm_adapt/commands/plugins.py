@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -8,6 +10,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from csm_adapt.config.recipe import load_raw
+from csm_adapt.errors import ConfigError
 from csm_adapt.plugin_engine.manager import load_plugins
 from csm_adapt.plugin_engine.registries import collect
 from csm_adapt.terminal import make_console
@@ -22,12 +25,21 @@ KINDS = ("readers", "losses", "loggers", "adapters", "evaluators", "commands")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also load the local plugins this recipe lists.",
 )
-def plugins(as_json: bool, recipe: Path | None) -> None:
+@click.option(
+    "--copy-example",
+    "example_dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Copy the example plugin package (a Common Voice reader) into this folder, and stop.",
+)
+def plugins(as_json: bool, recipe: Path | None, example_dest: Path | None) -> None:
     """List installed plugins: name, version, source and what each registers.
 
     A broken installed plugin is listed with its error (in red; "error" in --json) instead of what
     it registers; CSM_ADAPT_BLOCK_PLUGINS=NAME skips it.
     """
+    if example_dest is not None:
+        copy_example(example_dest)
+        return
     pm = load_plugins(load_raw(recipe)["plugins"] if recipe else (), strict=False)
     registries = collect(pm, click.Group(), strict=False)
     rows = []
@@ -57,3 +69,16 @@ def plugins(as_json: bool, recipe: Path | None) -> None:
             registers = f"[red]BROKEN: {escape(row['error'])}"
         table.add_row(row["name"], row["version"], row["source"], registers)
     make_console().print(table)
+
+
+EXAMPLE = "csm-adapt-commonvoice"
+
+
+def copy_example(dest: Path) -> None:
+    """The example package ships inside csm-adapt (plugins/examples/ of the source tree)."""
+    source = Path(str(resources.files("csm_adapt_plugins") / "examples" / EXAMPLE))
+    target = dest / EXAMPLE
+    if target.exists():
+        raise ConfigError(f"{target} already exists; copy somewhere else or delete it first")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    make_console().print(f"wrote {target}; install it with: pip install -e {target}", markup=False, highlight=False)

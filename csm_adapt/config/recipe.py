@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 from rich.console import Console
 from rich.syntax import Syntax
@@ -68,6 +69,27 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 def recipe_to_toml(recipe: Recipe) -> str:
     return toml_io.dumps(recipe_to_dict(recipe))
+
+
+def changed_settings(recipe: Recipe) -> dict[str, Any]:
+    """The settings a run was tuned by, as dotted keys: those of [model], [data], [loss], [train]
+    and [samples] that differ from their defaults, and the loss strategy. Paths, readers, prompts
+    and loggers are left out. This is what `log_hparams` gets, so TensorBoard's HParams view compares
+    runs by `train.lr`, not by their data folders."""
+    flat: dict[str, Any] = {"loss.strategy": recipe.loss.name}
+    for prefix, table in (
+        ("model", recipe.model),
+        ("data", recipe.data),
+        ("loss", recipe.loss.options),
+        ("train", recipe.train),
+        ("samples", recipe.samples),
+    ):
+        for f in attrs.fields(type(table)):
+            value = getattr(table, f.name)
+            default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
+            if isinstance(value, (bool, int, float, str)) and value != default:
+                flat[f"{prefix}.{f.name}"] = value
+    return flat
 
 
 def save_recipe(recipe: Recipe) -> Path:

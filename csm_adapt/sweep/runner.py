@@ -5,6 +5,7 @@ resume) the study, run the workers until the study has its trials, report.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import ConfigError, CsmAdaptError
 from csm_adapt.files import DirLock
 from csm_adapt.sweep.launcher import launch, plan_slots, visible_gpus, wait
+from csm_adapt.sweep.progress import status_line, trial_line
 from csm_adapt.sweep.report import report
 from csm_adapt.sweep.space import check_space
 from csm_adapt.sweep.study import open_storage, open_study, retry_interrupted
@@ -29,6 +31,9 @@ def sweep_dir(recipe: Recipe) -> Path:
 
 def study_name(recipe: Recipe) -> str:
     return recipe.sweep.study_name or recipe.output.run_dir.name
+
+
+STATUS_EVERY_S = 60.0  # a status line (running trials, ETA) this often while trials run
 
 
 def run_sweep(
@@ -73,16 +78,20 @@ def _run(recipe, recipe_path, overrides, out, trials, workers, workers_per_gpu, 
     job = Job(recipe=str(recipe_path.absolute()), overrides=tuple(overrides), storage=storage,
               study_name=study.study_name, sweep_dir=str(out), trials=total, seed=seed)  # fmt: skip
     seen: set[int] = set()
+    last_status = [time.monotonic()]
 
-    def print_finished() -> None:
+    def print_progress() -> None:
         for t in study.get_trials(deepcopy=False):
             if t.state.is_finished() and t.number not in seen:
                 seen.add(t.number)
-                value = "" if t.value is None else f" {recipe.sweep.objective}={t.value:.4f}"
-                console.print(f"trial {t.number}: {t.state.name.lower()}{value} {t.params}")
+                console.print(trial_line(t, recipe.sweep.objective), markup=False, highlight=False)
+        if time.monotonic() - last_status[0] >= STATUS_EVERY_S:
+            last_status[0] = time.monotonic()
+            console.print(status_line(study, total, len(slots), recipe.sweep.objective), markup=False, highlight=False)
 
-    print_finished()  # what a resumed sweep already has
-    codes = wait(launch(job, slots, out / "logs"), print_finished)
+    print_progress()  # what a resumed sweep already has
+    console.print(f"worker logs: {out / 'logs'}/worker-N.log (N = 0..{len(slots) - 1})", markup=False)
+    codes = wait(launch(job, slots, out / "logs"), print_progress)
     best = report(study, recipe_path, overrides, recipe, out, console)
     failed = [i for i, code in enumerate(codes) if code != 0]
     if failed:

@@ -64,6 +64,8 @@ def open_study(
 
     `seed`: the sampler's, when not sweep.sampler.seed (each worker needs its own, see runner.py).
     """
+    # Optuna logs "A new study created ..." and each trial at INFO level, between our own lines.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = sweep.sampler
     seed = s.seed if seed is None else seed
     if s.name == "tpe":

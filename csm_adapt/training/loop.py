@@ -17,7 +17,7 @@ import attrs
 import torch
 
 from csm_adapt.config.objective import Objective
-from csm_adapt.config.recipe import SAVED_NAME, recipe_to_dict, recipe_to_toml
+from csm_adapt.config.recipe import SAVED_NAME, changed_settings, recipe_to_dict, recipe_to_toml
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.loader import SampleLimits, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
@@ -239,7 +239,7 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
         full = parallel.full_model(wrapped)
         if d.is_main:
             save_model_dir(final, full, frontend, adapter=adapter)
-        loggers.log_hparams(recipe_to_dict(recipe), {f"best_{best_by.name.replace('/', '_')}": best_val})
+        loggers.log_hparams(changed_settings(recipe), {f"best_{best_by.name.replace('/', '_')}": best_val})
         return final
 
 
