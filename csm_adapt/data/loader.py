@@ -30,6 +30,7 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -257,7 +258,11 @@ class TrainLoader:
     def __iter__(self) -> Iterator[Batch]:
         self._stream.start = self.state
         loader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
-        for (worker, epoch, index), batch in loader:
+        # Starting, the DataLoader draws a seed from the global RNG (unused: the stream seeds itself). Kept
+        # out of the training's RNG stream, which a resumed run restores just before (dropout draws from it).
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(loader)
+        for (worker, epoch, index), batch in batches:
             self.state = self.state.advance(worker, epoch, index)
             yield batch
 
