@@ -101,7 +101,13 @@ class LoRALinear(nn.Module):
             base = linear_nf4(x, self.weight)
         else:
             base = F.linear(x, self.weight)
-        lora = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        # Outside autocast (generation over a bf16 base) the fp32 adapter follows the input's dtype.
+        a, b = (
+            (self.lora_A, self.lora_B)
+            if x.dtype == self.lora_A.dtype
+            else (self.lora_A.to(x.dtype), self.lora_B.to(x.dtype))
+        )
+        lora = F.linear(F.linear(self.dropout(x), a), b) * self.scaling
         if self.lora_magnitude is None:
             return base + lora
         # DoRA (Liu et al. 2024): m * (W + dW) / ||W + dW||_row, the norm detached as the paper advises.
@@ -209,3 +215,85 @@ class Qlora(Lora):
 def register_adapters(register):
     register("lora", Lora, options=LoraOptions)
     register("qlora", Qlora, options=QloraOptions)
+
+
+def peft_export(weights: dict[str, torch.Tensor], options: LoraOptions, args, base: str | None) -> tuple[dict, dict]:
+    """Our LoRA weights -> PEFT's `adapter_model.safetensors` tensors and `adapter_config.json`, for
+    transformers' CSM layout (its names, and the q/k row order its rotate-half RoPE needs)."""
+    from csm_adapt.model.transformers_layout import hf_name, rows_to_transformers, to_transformers
+
+    def hf_module(module: str) -> str:
+        return hf_name(f"{module}.weight").removesuffix(".weight")
+
+    prefix = "base_model.model."
+    state, targets, saved = {}, [], []
+    for name, tensor in weights.items():
+        module, _, kind = name.rpartition(".")
+        if kind in ("lora_A", "lora_B", "lora_magnitude"):
+            if hf_module(module) not in targets:
+                targets.append(hf_module(module))
+            if kind != "lora_A":
+                tensor = rows_to_transformers(f"{module}.weight", tensor, args)
+            key = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "lora_magnitude": "lora_magnitude_vector"}
+            state[f"{prefix}{hf_module(module)}.{key[kind]}"] = tensor.contiguous()
+        elif name == "audio_embeddings.weight":
+            # transformers ties this table to the backbone's; PEFT would train only one of the twins.
+            raise ConfigError("a LoRA that trains audio_embeddings cannot be exported to PEFT (a tied table)")
+        else:
+            [(hf, converted)] = to_transformers({name: tensor}, args)[0].items()
+            saved.append(hf.rpartition(".")[0])
+            state[prefix + hf] = converted.contiguous()
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base,
+        "r": options.rank,
+        "lora_alpha": options.alpha,
+        "lora_dropout": options.dropout,
+        "use_rslora": options.rslora,
+        "use_dora": options.dora,
+        "target_modules": targets,  # full names: the Mimi codec inside transformers' model has q_proj too
+        "modules_to_save": saved or None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    return state, config
+
+
+@hookimpl
+def register_commands(cli):
+    import click
+
+    @cli.command("export-peft")
+    @click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("out_dir", type=click.Path(file_okay=False))
+    def export_peft(adapter_dir, out_dir):
+        """Write a lora/qlora adapter in PEFT's format for transformers' CSM layout.
+
+        OUT_DIR gets adapter_config.json + adapter_model.safetensors, which
+        `PeftModel.from_pretrained(CsmForConditionalGeneration..., OUT_DIR)` loads over the base model
+        converted with `csm-adapt convert BASE DIR --to transformers`. A qlora adapter was trained over
+        the NF4-rounded base: over the full-precision base it is close, not identical.
+
+        Example: csm-adapt export-peft runs/french-lora/checkpoints/final french-peft
+        """
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        from csm_adapt.model.config import MODEL_CONFIGS
+        from csm_adapt.training.adapters import read_spec, read_weights
+
+        spec = read_spec(Path(adapter_dir))
+        if not isinstance(spec.ref.options, LoraOptions):
+            raise ConfigError(f"{adapter_dir}: a {spec.ref.name} adapter, not lora/qlora: no PEFT format for it")
+        args = MODEL_CONFIGS[spec.base.config]
+        state, config = peft_export(read_weights(Path(adapter_dir)), spec.ref.options, args, spec.base.checkpoint)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(state, out / "adapter_model.safetensors", metadata={"format": "pt"})
+        (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        click.echo(f"wrote {out} (PEFT LoRA for the transformers layout, {len(config['target_modules'])} modules)")

@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
+from click.testing import CliRunner
 from test_train import KILLER, dataset, metrics, run_recipe  # noqa: F401 (dataset is a fixture)
 
+from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
 from csm_adapt.errors import ConfigError, CsmAdaptError
-from csm_adapt.model.checkpoint import build_model
+from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.rows import audio_frame_mask, utterance_rows
 from csm_adapt.training.adapters import (
     ADAPTER_CONFIG,
@@ -221,17 +223,31 @@ def test_adapter_checkpoints_resume_bit_exactly(tmp_path, dataset):  # noqa: F81
         assert (before - logits(merged)).abs().max() <= 1e-5
     assert json.loads((whole_dir / "checkpoints" / "final" / ADAPTER_CONFIG).read_text())["adapter"]["rank"] == 4
 
+    # The commands: merge to a plain checkpoint (same logits), speak with the adapter unmerged.
+    final = str(whole_dir / "checkpoints" / "final")
+    result = CliRunner().invoke(cli, ["merge", final, str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        assert (before - logits(load_model(tmp_path / "merged"))).abs().max() <= 1e-5
+    out = tmp_path / "out.wav"
+    result = CliRunner().invoke(cli, ["generate", "--adapter", final, "--text", "Bonjour.", "--max-audio-ms", "160",
+                                      "--seed", "0", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+
 
 def test_adapter_with_bf16_frozen_base_trains(tmp_path, dataset):  # noqa: F811
     run_dir, recipe = run_recipe(
         tmp_path,
         dataset,
         [*ADAPTER, 'adapter.name="qlora"', 'train.precision="bf16"', 'train.frozen_dtype="bf16"', "train.steps=2"],
+        extra='[samples]\nevery = 2\nmax_audio_ms = 240\n[[samples.prompts]]\ntext = "Bonjour."\n',
     )
     final = train(recipe)
     adapted, _ = load_adapted(final)
     assert type(adapted.backbone.layers[0].attn.q_proj.weight).__name__ == "NF4Tensor"
     assert torch.isfinite(torch.tensor(list(metrics(run_dir, "train/loss").values()))).all()
+    assert (run_dir / "samples" / "step-000002" / "0.wav").is_file()  # generation over the bf16 base
 
 
 def test_adapter_on_a_model_that_has_one_is_refused():
@@ -239,3 +255,61 @@ def test_adapter_on_a_model_that_has_one_is_refused():
     Lora(LoraOptions()).apply(m)
     with pytest.raises(CsmAdaptError, match="already applied"):
         Lora(LoraOptions()).apply(m)
+
+
+def test_peft_export_loads_in_transformers_with_our_merged_logits(tmp_path):
+    import click
+    from click.testing import CliRunner
+    from peft import PeftModel
+    from transformers import CsmForConditionalGeneration, MimiConfig
+
+    from csm_adapt.config.schema import AdapterRef
+    from csm_adapt.model.checkpoint import save_model
+    from csm_adapt.plugin_engine.manager import load_plugins
+    from csm_adapt.plugin_engine.registries import collect
+    from csm_adapt.training.adapters import AdapterSpec, BaseModel, apply_adapter
+
+    base = model(std=0.05)
+    save_model(base, tmp_path / "base")
+    save_model(base, tmp_path / "base-hf", layout="transformers")
+    adapted = load_model(tmp_path / "base")
+    options = LoraOptions(rank=4, alpha=8, dora=True, targets=(*LoraOptions().targets, "projection"),
+                          modules_to_save=("codebook0_head",))  # fmt: skip
+    apply_adapter(adapted, AdapterRef("lora", options, Lora))
+    trained_like(adapted, scale=0.05)
+    with torch.no_grad():
+        adapted.codebook0_head.weight.mul_(1.5)
+    AdapterSpec(AdapterRef("lora", options, Lora), BaseModel("micro", str(tmp_path / "base"))).write(
+        tmp_path / "adapter", adapted
+    )
+    group = click.Group()
+    collect(load_plugins(), group)
+    result = CliRunner().invoke(group, ["export-peft", str(tmp_path / "adapter"), str(tmp_path / "peft")])
+    assert result.exit_code == 0, result.output
+    save_model(merge_adapter(adapted), tmp_path / "merged-hf", layout="transformers")
+
+    codec = MimiConfig(num_hidden_layers=1, num_quantizers=K)
+    merged = CsmForConditionalGeneration.from_pretrained(tmp_path / "merged-hf", codec_config=codec).eval()
+    hf_base = CsmForConditionalGeneration.from_pretrained(tmp_path / "base-hf", codec_config=codec).eval()
+    peft = PeftModel.from_pretrained(hf_base, tmp_path / "peft").eval()
+    tokens, mask, targets = batch()
+    tokens, mask, targets = tokens[:1], mask[:1], targets[:1]
+    outs = []
+    with torch.no_grad():
+        for m in (merged, peft):
+            inner = m.base_model.model if m is peft else m
+            audio = targets[0][:, None]
+            embeds = torch.where(
+                audio, inner.backbone_model.embed_tokens(tokens[:, :, :K])[0], inner.embed_text_tokens(tokens[0, :, K])
+            )
+            labels = torch.where(audio, tokens[0, :, :K], -100)
+            out = m(inputs_embeds=embeds[None], labels=labels[None])
+            outs.append((out.logits, out.depth_decoder_logits))
+    (a, da), (b, db) = outs
+    # transformers + PEFT computes our merged model ...
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(db, da, rtol=1e-4, atol=1e-4)
+    # ... which the adapter did change (PeftModel wrapped hf_base in place: load the base again).
+    plain = CsmForConditionalGeneration.from_pretrained(tmp_path / "base-hf", codec_config=codec).eval()
+    with torch.no_grad():
+        assert (a - plain(inputs_embeds=embeds[None]).logits).abs().max() > 1e-2

@@ -92,9 +92,12 @@ def test_plugins_json_lists_each_plugin_with_what_it_registers(recipe_path):
         "readers": [],
         "losses": [],
         "loggers": ["jsonl"],
+        "adapters": [],
         "evaluators": [],
         "commands": [],
     }
+    assert rows["lora_adapter"]["adapters"] == ["lora", "qlora"]
+    assert rows["lora_adapter"]["commands"] == ["export-peft"]
     assert "toy" not in rows
     with_recipe = CliRunner().invoke(cli, ["plugins", "--json", "--recipe", str(recipe_path)])
     toy = {row["name"]: row for row in json.loads(with_recipe.output)}["toy"]

@@ -72,3 +72,23 @@ def test_no_weight_decay_on_norm_scales():
     assert all(p.ndim == 1 for p in plain["params"]) and all(p.ndim >= 2 for p in decayed["params"])
     assert optimizer.defaults["fused"] is True
     assert torch.is_tensor(plain["params"][0])
+
+
+def test_adamw8bit_keeps_8bit_moments_and_learns():
+    pytest.importorskip("torchao")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(128, 64)  # 8192 weights: quantised (torchao keeps tensors < 4096 in fp32)
+    cfg = TrainConfig(optimizer="adamw8bit", lr=1e-2, weight_decay=0.0)
+    optimizer = build_optimizer(layer, cfg)
+    x, y = torch.randn(32, 128), torch.randn(32, 64)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.mse_loss(layer(x), y)
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[-1] < losses[0]
+    state = optimizer.state[layer.weight]
+    assert type(state["exp_avg"]).__name__ == "OptimState8bit" and state["exp_avg"].codes.dtype == torch.uint8
+    assert type(optimizer.state[layer.bias]["exp_avg"]) is torch.Tensor  # 64 values: fp32

@@ -111,6 +111,19 @@ def _heads(name: str, tensor: torch.Tensor, args: ModelArgs) -> int | None:
     return heads if tensor.shape == (heads * flavor.head_dim, flavor.embed_dim) else None
 
 
+def rows_to_transformers(weight_name: str, rows: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """A tensor with one row per output of weight `weight_name` (a LoRA B, a DoRA magnitude), its rows
+    in the order `to_transformers` gives that weight's rows: W' = P W and (B A)' = (P B) A."""
+    flavor = args.backbone if weight_name.startswith("backbone.") else args.decoder
+    if weight_name.endswith("attn.q_proj.weight"):
+        heads = flavor.num_heads
+    elif weight_name.endswith("attn.k_proj.weight"):
+        heads = flavor.num_kv_heads
+    else:
+        return rows
+    return _interleaved_to_half(rows.reshape(rows.shape[0], -1), heads).reshape(rows.shape)
+
+
 def _interleaved_to_half(w: torch.Tensor, heads: int) -> torch.Tensor:
     # Within each head, rows (0, 1, 2, 3, ...) as pairs -> the even rows, then the odd rows.
     rows, cols = w.shape

@@ -53,8 +53,9 @@ class AdapterSpec:
     plugins: tuple[str, ...] = ()
 
     def write(self, directory: Path, model: torch.nn.Module) -> None:
-        """The adapter's weights and config into `directory` (which exists)."""
+        """The adapter's weights and config into `directory`."""
         directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         state = {
             name: t.detach().to("cpu").contiguous().clone() for name, t in adapter_of(model).state_dict(model).items()
         }

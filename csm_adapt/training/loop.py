@@ -165,10 +165,7 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
     start, best_val = _resume(run_dir, state, model if adapter else None) if resume else fresh
     with LoggerFanOut.open(recipe, run_dir, d) as loggers:
         loggers.begin(RunInfo(cfg.steps, start, recipe_to_dict(recipe), recipe_to_toml(recipe)))
-        # DataLoader draws a seed from the global RNG when iterated: kept out of the stream that dropout
-        # (adapters) uses, which a resumed run has just restored.
-        with torch.random.fork_rng(devices=[]):
-            batches = iter(train_loader)
+        batches = iter(train_loader)
         totals = Totals.zeros(model.num_codebooks, device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         throughput, last_good = Throughput(), latest_step_dir(run_dir)

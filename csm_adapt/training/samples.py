@@ -13,6 +13,7 @@ from csm_adapt.model.csm import CSM
 from csm_adapt.model.synthesizer import Segment, Synthesizer
 from csm_adapt.model.text_tokenizer import TextTokenizer
 from csm_adapt.plugin_api import Logger
+from csm_adapt.training.step import autocast
 
 
 class SampleWriter:
@@ -23,6 +24,7 @@ class SampleWriter:
         self.cfg = recipe.samples
         self.seed = recipe.train.seed
         self.run_dir, self.is_main = Path(run_dir), is_main
+        self.device, self.bf16_base = torch.device(device), recipe.train.frozen_dtype == "bf16"
         self.synthesizer = Synthesizer(
             model,
             TextTokenizer.load(recipe.model.text_tokenizer),
@@ -45,10 +47,12 @@ class SampleWriter:
                     for t in prompt.context
                 ]
                 # Same seed each time: differences between steps come from the weights, not the dice.
-                [result] = self.synthesizer.generate(
-                    [prompt.text], prompt.speaker, context=context, max_audio_ms=self.cfg.max_audio_ms,
-                    temperature=self.cfg.temperature, topk=self.cfg.topk, seed=self.seed + i,
-                )  # fmt: skip
+                # A bf16 frozen base next to fp32 adapter weights needs autocast to mix them.
+                with autocast(self.device, "bf16" if self.bf16_base else "fp32"):
+                    [result] = self.synthesizer.generate(
+                        [prompt.text], prompt.speaker, context=context, max_audio_ms=self.cfg.max_audio_ms,
+                        temperature=self.cfg.temperature, topk=self.cfg.topk, seed=self.seed + i,
+                    )  # fmt: skip
                 if not self.is_main:
                     continue
                 path = self.run_dir / "samples" / f"step-{step:06d}" / f"{i}.wav"
