@@ -51,9 +51,9 @@ class TensorBoardLogger(Logger):
 
     def log_audio(self, step: int, tag: str, wav: torch.Tensor, sample_rate: int, description: str = "") -> None:
         # TensorBoard stores 16-bit PCM and warns on every clipped sample; clip quietly here.
-        wav = wav.detach().float().clamp(-1, 1).cpu().reshape(1, -1)
-        # Empty audio (a model that stops at once) cannot be encoded: one silent sample stands for it.
-        wav = wav if wav.numel() else wav.new_zeros(1, 1)
+        wav = wav.detach().float().clamp(-1, 1).cpu().reshape(-1)
+        # A clip under 2 samples (a model that stops at once) cannot be encoded: silence stands for it.
+        wav = wav if wav.numel() >= 2 else wav.new_zeros(2)
         from torch.utils.tensorboard.summary import audio
 
         # SummaryWriter.add_audio takes no description; TensorBoard shows the summary's own.
