@@ -120,9 +120,9 @@ class TensorBoardLogger(Logger):
         from tensorboard.util import tensor_util
 
         # 16-bit PCM, clipped quietly (TensorBoard would warn on every clipped sample). Empty audio
-        # (a model that stops at once) cannot be encoded: one silent sample stands for it.
+        # (a model that stops at once) cannot be encoded: silence stands for it.
         samples = wav.detach().float().clamp(-1, 1).cpu().reshape(-1)
-        samples = samples if samples.numel() else samples.new_zeros(1)
+        samples = samples if samples.numel() >= 2 else samples.new_zeros(2)
         buffer = io.BytesIO()
         sf.write(buffer, samples.numpy(), sample_rate, "PCM_16", format="WAV")
         tensor = tensor_util.make_tensor_proto(np.array([[buffer.getvalue(), label.encode()]], dtype=object))

@@ -199,3 +199,32 @@ def test_jsonl_after_a_resume_holds_each_step_once(tmp_path):
     fresh.begin(RUN)
     fresh.close()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_audio_descriptions_reach_old_and_new_loggers(tmp_path):
+    from csm_adapt.plugin_api import Logger
+    from csm_adapt.training.loggers import LoggerFanOut
+
+    class Old(Logger):
+        """Written before log_audio took a description."""
+
+        def __init__(self):
+            self.calls = []
+
+        def log_audio(self, step, tag, wav, sample_rate):
+            self.calls.append(("audio", step, tag))
+
+        def log_text(self, step, tag, text):
+            self.calls.append(("text", step, tag, text))
+
+    old = Old()
+    board = TensorBoardLogger(TensorBoardOptions(), tmp_path)
+    board.begin(RUN)
+    fan_out = LoggerFanOut([old, board])
+    fan_out.log_audio(4, "eval/p1", torch.zeros(2400), 24000, description="Bonjour Marie.")
+    fan_out.log_audio(4, "eval/p2", torch.zeros(0), 24000)  # empty audio: a model that stopped at once
+    fan_out.close()
+    assert old.calls == [("audio", 4, "eval/p1"), ("text", 4, "eval/p1", "Bonjour Marie."), ("audio", 4, "eval/p2")]
+    events = read_events(tmp_path / "tensorboard")
+    assert events.SummaryMetadata("eval/p1").summary_description == "Bonjour Marie."
+    assert [e.step for e in events.Tensors("eval/p2")] == [4]
