@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from document_mask import attention_mask  # tests/document_mask.py
 
 from csm_adapt.data.batches import collate, sample_rows
 from csm_adapt.data.packing import Packer
-from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.model.csm import CSM
 from csm_adapt.model.rows import audio_frame_mask
 
 K = 32
@@ -109,23 +106,30 @@ def test_collate_positions_doc_ids_and_padding(packed):
     assert torch.equal(batch.target_mask[0, lengths[0] : first], rows[1].target_mask)
 
 
-def test_packed_samples_never_attend_to_each_other(packed):
-    _, _, batch = packed
-    attn = attention_mask(batch.doc_ids)[:, 0]
-    same = batch.doc_ids[:, :, None] == batch.doc_ids[:, None, :]
-    assert not (attn & ~same).any()  # nothing across samples (or into/out of the padding)
-    assert attn.any(-1).all()  # no row fully masked, padding included
-    # Within a sample: causal and complete.
-    causal = torch.ones_like(attn[0]).tril()
-    assert torch.equal(attn, same & causal)
-
-
-def test_packed_loss_equals_sum_of_per_sample_losses(packed):
+def test_packed_samples_never_attend_to_each_other(packed, sharp_micro_model):
+    # The model on a collated batch: editing one row of the middle sample of the second sequence
+    # changes the predictions of that sample from that row on, and nothing else (no other sample, no earlier row).
     _, rows, batch = packed
-    torch.manual_seed(0)
-    model = CSM(MODEL_CONFIGS["micro"])
-    model.init_weights(std=0.3)
-    model.eval()
+    every_row = torch.ones_like(batch.target_mask)
+
+    @torch.no_grad()
+    def predictions(tokens):  # [B, S-1, V]: at index t, the codebook-0 logits of the state at row t
+        out = sharp_micro_model(tokens, batch.mask, every_row, input_pos=batch.input_pos, doc_ids=batch.doc_ids)
+        return out.c0_logits.view(tokens.shape[0], tokens.shape[1] - 1, -1)
+
+    edit = len(rows[2]) + 2  # the third row of sample 3, second in its sequence
+    edited = batch.tokens.clone()
+    edited[1, edit] = (edited[1, edit] + 1) % 1000
+    changed = (predictions(edited) - predictions(batch.tokens)).abs().amax(-1) > 1e-6
+    expected = torch.zeros_like(changed)
+    expected[1, edit:] = batch.doc_ids[1, edit:-1] == 1
+    assert expected.sum() >= 2
+    assert torch.equal(changed, expected)
+
+
+def test_packed_loss_equals_sum_of_per_sample_losses(packed, sharp_micro_model):
+    _, rows, batch = packed
+    model = sharp_micro_model
 
     def summed_loss(out):
         c0 = F.cross_entropy(out.c0_logits, out.c0_targets, reduction="sum")
