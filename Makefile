@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Only the tests need it: PostgreSQL serves the sweep's database-storage test, which skips without it.
 TEST_SYSTEM_PACKAGES := postgresql
 
-.PHONY: setup test-system-packages demo test lint
+.PHONY: setup test-system-packages demo test lint mutation
 setup: $(VENV)/.installed
 
 # Re-installs only when pyproject.toml changes.
@@ -33,3 +33,8 @@ test: setup test-system-packages
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# One-line bugs planted in the core modules, one at a time, each against its tests (benchmarks/mutation.py).
+# Not run by CI: run it before a release-sized change and record the score in benchmarks/RESULTS.md.
+mutation: setup
+	$(BIN)/python benchmarks/mutation.py

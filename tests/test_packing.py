@@ -54,6 +54,8 @@ def test_batch_holds_at_least_one_sequence_over_budget():
 def test_overlong_sample_is_a_clear_error():
     with pytest.raises(ValueError, match="2049 rows exceeds max_rows=2048"):
         Packer().plan([10, 2049])
+    # The limit itself fits, alone in its sequence (a mutant rejecting it survived before this line).
+    assert Packer(max_rows=16, rows_per_batch=64, pad_multiple=8).pack([16, 3, 13]) == [[0], [2, 1]]
 
 
 def test_sample_rows_targets_only_audio_of_target_turns():
