@@ -30,6 +30,7 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -256,7 +257,13 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._stream.start = self.state
-        loader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        # A generator of its own: creating the iterator draws a base seed (unused: the stream seeds
+        # itself), which must not move torch's global RNG, or a resumed run, which creates it after
+        # restoring that RNG, would draw other numbers than the uninterrupted run.
+        loader = DataLoader(
+            self._stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            generator=torch.Generator(),
+        )  # fmt: skip
         for (worker, epoch, index), batch in loader:
             self.state = self.state.advance(worker, epoch, index)
             yield batch
