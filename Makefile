@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Only the tests need it: PostgreSQL serves the sweep's database-storage test, which skips without it.
 TEST_SYSTEM_PACKAGES := postgresql
 
-.PHONY: help setup test-system-packages demo test lint
+.PHONY: help setup test-system-packages demo test lint mutation
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -40,3 +40,8 @@ test: setup test-system-packages ## Set up, then run the whole test suite (what 
 lint: setup ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# One-line bugs planted in the core modules, one at a time, each against its tests (benchmarks/mutation.py).
+# Not run by CI: run it before a release-sized change and record the score in benchmarks/RESULTS.md.
+mutation: setup ## Plant curated one-line bugs in the core modules and check a test catches each
+	$(BIN)/python benchmarks/mutation.py

@@ -20,6 +20,7 @@ from csm_adapt.errors import CheckpointError, ConfigError
 from csm_adapt.model.checkpoint import build_model, convert, load_model, save_model
 from csm_adapt.model.config import MODEL_CONFIGS, ModelArgs
 from csm_adapt.model.csm import CSM
+from csm_adapt.model.llama import apply_rope, rope_frequencies
 from csm_adapt.model.transformers_layout import to_transformers
 
 
@@ -59,9 +60,9 @@ def assert_same_weights(a: CSM, b: CSM) -> None:
         assert sa[name].dtype == sb[name].dtype and torch.equal(sa[name], sb[name]), name
 
 
-@pytest.fixture(scope="module")
-def micro():
-    return build_model("micro", seed=3)
+@pytest.fixture
+def micro(micro_model):
+    return micro_model  # tests/conftest.py: build_model("micro", seed=3)
 
 
 @pytest.fixture
@@ -135,6 +136,55 @@ def test_round_trips_through_both_layouts_are_bit_exact(micro, saved, tmp_path):
     back = convert(hf_dir, tmp_path / "sesame", to="sesame")
     assert json.loads((back / "config.json").read_text()) == micro.args.to_dict()
     assert_same_weights(micro, load_model(back))
+
+
+def rotate_half_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers' Llama applies it (rotate-half), written independently: x [S, H, D], angles [S, D/2]."""
+    cos, sin = (torch.cat([t, t], dim=-1)[:, None] for t in (angles.cos(), angles.sin()))
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def test_transformers_layout_keeps_every_attention_score_under_rotate_half_rope(micro, saved, tmp_path):
+    # The q and k rows of the transformers file, used with rotate-half RoPE, give the attention scores
+    # our rows give with interleaved RoPE: in every layer and head, backbone and decoder (no transformers needed).
+    hf_dir = convert(saved, tmp_path / "hf", to="transformers")
+    with safe_open(hf_dir / "model.safetensors", "pt") as f:
+        hf = {k: f.get_tensor(k) for k in f.keys()}
+    seq = 7
+    for part, hf_prefix in (("backbone", "backbone_model.layers"), ("decoder", "depth_decoder.model.layers")):
+        flavor = getattr(micro, part).flavor
+        h, kv, d = flavor.num_heads, flavor.num_kv_heads, flavor.head_dim
+        angles = torch.outer(torch.arange(seq, dtype=torch.float32), rope_frequencies(flavor))
+        x = torch.randn(seq, flavor.embed_dim, generator=torch.Generator().manual_seed(0))
+        for i, layer in enumerate(getattr(micro, part).layers):
+            q = apply_rope((x @ layer.attn.q_proj.weight.T).view(1, seq, h, d), angles.cos()[None], angles.sin()[None])[
+                0
+            ]
+            k = apply_rope(
+                (x @ layer.attn.k_proj.weight.T).view(1, seq, kv, d), angles.cos()[None], angles.sin()[None]
+            )[0]
+            hq = rotate_half_rope((x @ hf[f"{hf_prefix}.{i}.self_attn.q_proj.weight"].T).view(seq, h, d), angles)
+            hk = rotate_half_rope((x @ hf[f"{hf_prefix}.{i}.self_attn.k_proj.weight"].T).view(seq, kv, d), angles)
+            ours = torch.einsum("shd,thd->hst", q, k.repeat_interleave(h // kv, dim=1))
+            theirs = torch.einsum("shd,thd->hst", hq, hk.repeat_interleave(h // kv, dim=1))
+            assert ours.abs().max() > 1e-3, f"{part} layer {i}: scores too small to compare"
+            torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5, msg=f"{part} layer {i}")
+
+
+def test_tied_audio_embeddings_of_a_transformers_checkpoint_must_agree(micro, tmp_path):
+    hf_state, hf_config = to_transformers(micro.state_dict(), micro.args)
+    table = hf_state["depth_decoder.model.embed_tokens.weight"]
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    twin = "backbone_model.embed_tokens.embed_audio_tokens.weight"
+    save_file({**hf_state, twin: table.clone()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    assert_same_weights(micro, load_model(tmp_path))  # both copies, equal: fine
+
+    other = table.clone()
+    other[5, 3] += 1.0
+    save_file({**hf_state, twin: other}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"{twin} and depth_decoder.model.embed_tokens.weight differ"):
+        load_model(tmp_path)
 
 
 def test_dtypes(micro, tmp_path):

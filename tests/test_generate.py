@@ -11,16 +11,16 @@ from click.testing import CliRunner
 
 from csm_adapt.audio_io import load_audio
 from csm_adapt.cli import cli
-from csm_adapt.model.checkpoint import build_model, save_model
+from csm_adapt.model.checkpoint import save_model
 from csm_adapt.model.synthesizer import Segment, Synthesizer, write_frontend
 
 DEMO_WAVS = Path(__file__).parents[1] / "recipes" / "demo_data" / "wavs"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, micro_model):
     directory = tmp_path_factory.mktemp("micro")
-    save_model(build_model("micro", seed=3), directory)
+    save_model(micro_model, directory)
     write_frontend(directory, "offline", "offline")
     return directory
 
@@ -40,6 +40,12 @@ def test_generate_is_seedable_and_batched(speech):
         assert x.audio.shape == (x.frames.shape[1] * 1920,)
     c = speech.generate(["Bonjour."], speaker=1, max_audio_ms=400, seed=1)
     assert not torch.equal(a[0].frames, c[0].frames)
+    # In a batch each text gets what it gets alone (greedy, so that no random draw is shared between them).
+    texts = ["Bonjour.", "Marie aime les pommes."]
+    batched = speech.generate(texts, speaker=1, max_audio_ms=400, topk=1)
+    for text, together in zip(texts, batched):
+        alone = speech.generate([text], speaker=1, max_audio_ms=400, topk=1)[0]
+        assert torch.equal(together.frames, alone.frames) and torch.equal(together.audio, alone.audio)
 
 
 def test_context_changes_the_prompt(speech):

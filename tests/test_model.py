@@ -7,6 +7,7 @@ import torch
 from document_mask import attention_mask  # tests/document_mask.py
 
 from csm_adapt.errors import GenerationError
+from csm_adapt.model.checkpoint import build_model
 from csm_adapt.model.config import FLAVORS, MODEL_CONFIGS
 from csm_adapt.model.csm import CSM
 from csm_adapt.model.generation import generate_frames, sample_topk
@@ -16,12 +17,9 @@ from csm_adapt.model.rows import audio_frame_mask, audio_rows, text_rows, uttera
 K = 32
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = CSM(MODEL_CONFIGS["micro"])
-    m.init_weights(std=0.3)  # large weights: outputs that differ visibly when anything is wrong
-    return m.eval()
+@pytest.fixture
+def model(sharp_micro_model):
+    return sharp_micro_model  # tests/conftest.py: large weights, outputs that differ visibly when anything is wrong
 
 
 def sample_rows(seed: int, n_text: int, n_frames: int):
@@ -59,13 +57,6 @@ def test_no_buffers_in_state_dict():
         m = CSM(MODEL_CONFIGS["csm-1b"])
     assert len(m.state_dict()) == 187
     assert list(m.buffers()) == []
-
-
-def test_attention_mask_blocks_other_samples():
-    doc = torch.tensor([[0, 0, 1, 1, 1, 2]])
-    m = attention_mask(doc)[0, 0]
-    assert m[1, 0] and not m[2, 1] and m[4, 2] and not m[5, 4] and m[5, 5]
-    assert not m[0, 1]  # causal
 
 
 def test_segments_regroup_packed_rows():
@@ -195,3 +186,67 @@ def test_prompt_without_room_is_a_clear_error(model):
     prompt = text_rows(list(range(2000)), K)
     with pytest.raises(GenerationError, match="2000 rows.*100 frames.*2048"):
         generate_frames(model, [prompt], 100)
+
+
+def test_eos_is_the_all_zero_frame_and_ends_each_sample_once(model, monkeypatch):
+    # Frames with some zero codes are audio; sample 0 sends EOS at steps 2 and 4 (the first one ends it),
+    # sample 1 at step 5.
+    import csm_adapt.model.generation as gen
+
+    steps = iter(range(100))
+
+    def fake_frame(model, last_h, topk, temperature, g):
+        step = next(steps)
+        frame = torch.full((2, K), step + 1)
+        frame[:, : step + 1] = 0  # step s: the first s+1 codebooks are 0
+        frame[0] *= step not in (2, 4)
+        frame[1] *= step != 5
+        return frame
+
+    monkeypatch.setattr(gen, "_sample_frame", fake_frame)
+    out = gen.generate_frames(model, [text_rows([1, 2], K), text_rows([3], K)], 10)
+    assert out[0].shape == (K, 2) and out[1].shape == (K, 5)
+    assert torch.equal(out[1][0], torch.zeros(5, dtype=torch.long))  # codebook 0 is 0 in every frame, not an EOS
+    assert torch.equal(out[1][K - 1], torch.tensor([1, 2, 3, 4, 5]))
+
+
+def eos_prone_model(c0_zero_logit: float) -> CSM:
+    """A seeded micro model that samples its own EOS: codebooks 1..31 are always 0, codebook 0 is 0
+    (so the frame is EOS) with a fixed probability per frame.
+
+    Its layers add nothing (output projections zeroed), so each state is the normalised embedding of
+    the current row, whose dimension 0 is the only one the final norms keep and is always positive
+    (every embedding row holds 1 there). The heads read only that dimension: the depth decoder's
+    favour code 0 overwhelmingly, codebook 0's gives code 0 the logit `c0_zero_logit` and every
+    other code 0.
+    """
+    m = build_model("micro", seed=11)
+    with torch.no_grad():
+        for layer in [*m.backbone.layers, *m.decoder.layers]:
+            layer.attn.output_proj.weight.zero_()
+            layer.mlp.w2.weight.zero_()
+        m.text_embeddings.weight[:, 0] = 1.0
+        m.audio_embeddings.weight[:, 0] = 1.0
+        for norm in (m.backbone.norm, m.decoder.norm):
+            norm.scale.zero_()
+            norm.scale[0] = 1.0
+        m.projection.weight.zero_()
+        m.projection.weight[0, 0] = 1.0
+        h0 = m.backbone.flavor.embed_dim**0.5  # dimension 0 of the normalised state: sqrt(D) when only it is non-zero
+        m.codebook0_head.weight.zero_()
+        m.codebook0_head.weight[0, 0] = c0_zero_logit / h0
+        m.audio_head.zero_()
+        m.audio_head[:, 0, 0] = 100.0
+    return m.eval()
+
+
+def test_a_real_model_that_samples_its_own_eos_stops_each_sample_there():
+    # P(EOS) per frame: e^7.5 / (e^7.5 + 2050 other codes) ~ 47 %.
+    model = eos_prone_model(7.5)
+    prompts = [text_rows([1, 2, 3], K), text_rows([4], K), text_rows([5, 6], K), text_rows([7, 8, 9, 10], K)]
+    out = generate_frames(model, prompts, 24, topk=2051, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    lengths = [o.shape[1] for o in out]
+    assert len(set(lengths)) > 1 and min(lengths) < 24  # each sample stops on its own
+    for o in out:
+        assert not (o[1:] != 0).any()  # every frame has zero codes: codebooks 1..31
+        assert (o[0] != 0).all()  # and none is the EOS (a later EOS must not extend a sample that ended)

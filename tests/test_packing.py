@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from document_mask import attention_mask  # tests/document_mask.py
 
 from csm_adapt.data.batches import collate, sample_rows
 from csm_adapt.data.packing import Packer
-from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.model.csm import CSM
 from csm_adapt.model.rows import audio_frame_mask
 
 K = 32
@@ -57,6 +54,8 @@ def test_batch_holds_at_least_one_sequence_over_budget():
 def test_overlong_sample_is_a_clear_error():
     with pytest.raises(ValueError, match="2049 rows exceeds max_rows=2048"):
         Packer().plan([10, 2049])
+    # The limit itself fits, alone in its sequence (a mutant rejecting it survived before this line).
+    assert Packer(max_rows=16, rows_per_batch=64, pad_multiple=8).pack([16, 3, 13]) == [[0], [2, 1]]
 
 
 def test_sample_rows_targets_only_audio_of_target_turns():
@@ -109,23 +108,30 @@ def test_collate_positions_doc_ids_and_padding(packed):
     assert torch.equal(batch.target_mask[0, lengths[0] : first], rows[1].target_mask)
 
 
-def test_packed_samples_never_attend_to_each_other(packed):
-    _, _, batch = packed
-    attn = attention_mask(batch.doc_ids)[:, 0]
-    same = batch.doc_ids[:, :, None] == batch.doc_ids[:, None, :]
-    assert not (attn & ~same).any()  # nothing across samples (or into/out of the padding)
-    assert attn.any(-1).all()  # no row fully masked, padding included
-    # Within a sample: causal and complete.
-    causal = torch.ones_like(attn[0]).tril()
-    assert torch.equal(attn, same & causal)
-
-
-def test_packed_loss_equals_sum_of_per_sample_losses(packed):
+def test_packed_samples_never_attend_to_each_other(packed, sharp_micro_model):
+    # The model on a collated batch: editing one row of the middle sample of the second sequence
+    # changes the predictions of that sample from that row on, and nothing else (no other sample, no earlier row).
     _, rows, batch = packed
-    torch.manual_seed(0)
-    model = CSM(MODEL_CONFIGS["micro"])
-    model.init_weights(std=0.3)
-    model.eval()
+    every_row = torch.ones_like(batch.target_mask)
+
+    @torch.no_grad()
+    def predictions(tokens):  # [B, S-1, V]: at index t, the codebook-0 logits of the state at row t
+        out = sharp_micro_model(tokens, batch.mask, every_row, input_pos=batch.input_pos, doc_ids=batch.doc_ids)
+        return out.c0_logits.view(tokens.shape[0], tokens.shape[1] - 1, -1)
+
+    edit = len(rows[2]) + 2  # the third row of sample 3, second in its sequence
+    edited = batch.tokens.clone()
+    edited[1, edit] = (edited[1, edit] + 1) % 1000
+    changed = (predictions(edited) - predictions(batch.tokens)).abs().amax(-1) > 1e-6
+    expected = torch.zeros_like(changed)
+    expected[1, edit:] = batch.doc_ids[1, edit:-1] == 1
+    assert expected.sum() >= 2
+    assert torch.equal(changed, expected)
+
+
+def test_packed_loss_equals_sum_of_per_sample_losses(packed, sharp_micro_model):
+    _, rows, batch = packed
+    model = sharp_micro_model
 
     def summed_loss(out):
         c0 = F.cross_entropy(out.c0_logits, out.c0_targets, reduction="sum")

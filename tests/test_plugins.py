@@ -23,6 +23,7 @@ DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
 
 def write_plugin(tmp_path: Path, name: str, body: str) -> str:
     path = tmp_path / f"{name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("import attrs\nimport click\nfrom csm_adapt import hookimpl\n\n" + textwrap.dedent(body))
     return str(path)
 
@@ -76,6 +77,13 @@ def test_duplicate_name_names_both_plugins(tmp_path):
     first = write_plugin(tmp_path, "first", READER.format(name="same"))
     second = write_plugin(tmp_path, "second", READER.format(name="same"))
     with pytest.raises(PluginError, match="reader 'same' is registered by two plugins: first and second"):
+        registries_for(first, second)
+
+
+def test_two_local_plugin_files_with_the_same_name_are_refused_naming_both(tmp_path):
+    first = write_plugin(tmp_path / "a", "mine", READER.format(name="one"))
+    second = write_plugin(tmp_path / "b", "mine", READER.format(name="two"))
+    with pytest.raises(PluginError, match=f'two plugins are named "mine": {second} and {first}'):
         registries_for(first, second)
 
 

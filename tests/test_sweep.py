@@ -53,11 +53,9 @@ n_warmup_steps = 0
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
+def data_dir(demo_clips) -> Path:
     """Shards prepared once for every test here, as a sweep prepares them once for its trials."""
-    root = tmp_path_factory.mktemp("demo")
-    lines = (REPO / "recipes" / "demo_data" / "metadata.csv").read_text().splitlines()[:CLIPS]
-    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    root = demo_clips(CLIPS)  # tests/conftest.py; its shards go to data/, apart from other files' prepared/
     recipe = load_recipe(DEMO, [*TINY, f"data.reader.metadata={root / 'metadata.csv'}", f"data.out={root / 'data'}"])
     prepare(recipe.data, recipe.model)
     return root

@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from lock_holder import lock_held_elsewhere
+from runs import KILLER, read_metrics, write_train_recipe  # tests/runs.py
 
 from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
-from csm_adapt.data.prepare import prepare
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.files import DirLock
 from csm_adapt.model.checkpoint import load_model
@@ -21,75 +21,8 @@ from csm_adapt.training.loop import train
 from csm_adapt.training.run_checkpoints import load_trainer_state
 
 REPO = Path(__file__).parents[1]
-DEMO = REPO / "recipes" / "demo_data"
 
-RECIPE = """
-plugins = {plugins}
-
-[model]
-config = "micro"
-text_tokenizer = "offline"
-audio_codec = "offline"
-
-[data]
-out = "{data}"
-max_rows = 512
-val_fraction = 0.2
-shard_samples = 100
-
-[data.reader]
-name = "ljspeech"
-root = "{root}"
-speakers = "{speakers}"
-
-[loss]
-strategy = "{strategy}"
-
-[train]
-steps = 8
-rows_per_step = 1024
-rows_per_micro_batch = 512
-lr = 3e-3
-warmup_steps = 2
-precision = "fp32"
-device = "cpu"
-num_workers = 0
-log_every = 1
-val_every = 4
-checkpoint_every = 4
-
-[[loggers]]
-name = "jsonl"
-{extra}
-[output]
-run_dir = "{run_dir}"
-"""
-
-# Local plugins written into the test's directory, the way a user would.
-KILLER = '''
-import attrs
-from csm_adapt import hookimpl
-from csm_adapt.plugin_api import Logger
-
-
-@attrs.frozen
-class KillOptions:
-    at_step: int
-
-
-class Killer(Logger):
-    """Dies at a step, like a run killed mid-way (before that step's checkpoint)."""
-
-    def log_scalars(self, step, scalars):
-        if step == self.options.at_step:
-            raise KeyboardInterrupt(f"killed at step {step}")
-
-
-@hookimpl
-def register_loggers(register):
-    register("killer", Killer, options=KillOptions)
-'''
-
+# Local plugins written into the test's directory, the way a user would (KILLER: tests/runs.py).
 NAN_LOSS = '''
 import attrs
 from csm_adapt import hookimpl
@@ -140,59 +73,25 @@ def register_loggers(register):
 """
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """12 demo clips (10 train, 2 val), prepared once for every test here."""
-    root = tmp_path_factory.mktemp("demo12")
-    lines = (DEMO / "metadata.csv").read_text("utf-8").splitlines()[:12]
-    (root / "metadata.csv").write_text("\n".join(lines) + "\n", "utf-8")
-    (root / "wavs").symlink_to(DEMO / "wavs")
-    resolved = load_recipe(write_recipe(root, root, run_dir=root / "unused"))
-    prepare(resolved.data, resolved.model)
-    return root
-
-
-def write_recipe(directory: Path, dataset: Path, *, run_dir: Path, strategy="full", plugins=(), extra="") -> Path:
-    """A recipe in `directory` training on `dataset` (its clips, and its shards in `prepared/`)."""
-    path = Path(directory) / "recipe.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = RECIPE.format(
-        plugins=json.dumps(list(plugins)), data=dataset / "prepared", root=dataset, speakers=DEMO / "speakers.json",
-        strategy=strategy, extra=extra, run_dir=run_dir,
-    )  # fmt: skip
-    path.write_text(text, "utf-8")
-    return path
-
-
-def metrics(run_dir: Path, key: str) -> dict[int, float]:
-    """The value logged for `key` at each step."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["name"] == key:
-            out[record["step"]] = record["value"]
-    return out
-
-
 def run_recipe(directory, dataset, overrides=(), **kw):
     run_dir = directory / "run"
-    return run_dir, load_recipe(write_recipe(directory, dataset, run_dir=run_dir, **kw), overrides)
+    return run_dir, load_recipe(write_train_recipe(directory, dataset, run_dir=run_dir, **kw), overrides)
 
 
-def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
+def test_tiny_model_learns_and_logs_everything(tmp_path, demo_dataset):
     extra = (
         '[[loggers]]\nname = "tensorboard"\n\n'
         '[samples]\nevery = 40\nmax_audio_ms = 400\n[[samples.prompts]]\ntext = "Bonjour."\n'
     )
     run_dir, recipe = run_recipe(
-        tmp_path, dataset, ["train.steps=40", "train.val_every=20", "train.checkpoint_every=20"], extra=extra
+        tmp_path, demo_dataset, ["train.steps=40", "train.val_every=20", "train.checkpoint_every=20"], extra=extra
     )
     final = train(recipe)
 
-    losses = metrics(run_dir, "train/loss")
+    losses = read_metrics(run_dir, "train/loss")
     first, last = losses[1], losses[40]
     assert last < 0.6 * first, f"loss fell only from {first:.3f} to {last:.3f}"
-    val = metrics(run_dir, "val/loss")
+    val = read_metrics(run_dir, "val/loss")
     best = json.loads((run_dir / "checkpoints" / "best" / "best.json").read_text())
     assert best == {"step": min(val, key=val.get), "best_by": "val/loss", "value": min(val.values())}
 
@@ -215,29 +114,34 @@ def test_tiny_model_learns_and_logs_everything(tmp_path, dataset):
 
 
 @pytest.mark.parametrize(("units", "expected"), [(None, "fp32"), ("avx512_bf16", "bf16")])
-def test_auto_precision_is_resolved_for_the_device_and_logged(tmp_path, dataset, monkeypatch, units, expected):
+def test_auto_precision_is_resolved_for_the_device_and_logged(tmp_path, demo_dataset, monkeypatch, units, expected):
     from csm_adapt.training import precision
 
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda cpuinfo=None: units)
     (tmp_path / "recorder.py").write_text(RECIPE_RECORDER)
     overrides = ["train.precision=auto", "train.steps=1", "train.val_every=1", "train.checkpoint_every=1"]
     extra = '[[loggers]]\nname = "recipe_recorder"\n'
-    run_dir, recipe = run_recipe(tmp_path, dataset, overrides, plugins=["recorder.py"], extra=extra)
+    run_dir, recipe = run_recipe(tmp_path, demo_dataset, overrides, plugins=["recorder.py"], extra=extra)
     assert recipe.train.precision == "auto"
     train(recipe)
     assert json.loads((run_dir / "logged_train.json").read_text())["precision"] == expected
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, dataset):
+def test_kill_and_resume_matches_uninterrupted(tmp_path, demo_dataset):
     # A DataLoader worker too: its data position must resume exactly as well.
-    whole_dir, whole = run_recipe(tmp_path / "whole", dataset, ["train.num_workers=1"], strategy="amortized")
+    whole_dir, whole = run_recipe(tmp_path / "whole", demo_dataset, ["train.num_workers=1"], strategy="amortized")
     train(whole)
 
     (tmp_path / "killed").mkdir()
     (tmp_path / "killed" / "killer.py").write_text(KILLER)
     extra = '[[loggers]]\nname = "killer"\nat_step = 7\n'
     killed_dir, killed = run_recipe(
-        tmp_path / "killed", dataset, ["train.num_workers=1"], strategy="amortized", plugins=["killer.py"], extra=extra
+        tmp_path / "killed",
+        demo_dataset,
+        ["train.num_workers=1"],
+        strategy="amortized",
+        plugins=["killer.py"],
+        extra=extra,
     )
     with pytest.raises(KeyboardInterrupt):
         train(killed)
@@ -248,8 +152,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, dataset):
     a, b = load_model(whole_dir / "checkpoints" / "final"), load_model(killed_dir / "checkpoints" / "final")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
-    assert metrics(whole_dir, "train/loss") == metrics(killed_dir, "train/loss")
-    assert metrics(whole_dir, "val/loss") == metrics(killed_dir, "val/loss")
+    assert read_metrics(whole_dir, "train/loss") == read_metrics(killed_dir, "train/loss")
+    assert read_metrics(whole_dir, "val/loss") == read_metrics(killed_dir, "val/loss")
     # metrics.jsonl itself, record for record: each step once (the killed run's steps 5-6 were dropped).
     assert jsonl_records(killed_dir) == jsonl_records(whole_dir)
     # The saved RNG state too: a resume costs no draw.
@@ -263,15 +167,15 @@ def jsonl_records(run_dir: Path) -> list[tuple]:
     return [(r["step"], r["name"], r["value"]) for r in map(json.loads, lines) if not r["name"].endswith("_per_s")]
 
 
-def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path, dataset):
-    _, recipe = run_recipe(tmp_path, dataset, ["train.steps=2", "train.checkpoint_every=2"])
+def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path, demo_dataset):
+    _, recipe = run_recipe(tmp_path, demo_dataset, ["train.steps=2", "train.checkpoint_every=2"])
     train(recipe)
     with pytest.raises(CsmAdaptError, match="already holds a run.*--resume"):
         train(recipe)
 
 
-def test_a_run_directory_in_use_is_refused_naming_the_holder_and_freed_by_its_death(tmp_path, dataset):
-    run_dir, recipe = run_recipe(tmp_path, dataset)
+def test_a_run_directory_in_use_is_refused_naming_the_holder_and_freed_by_its_death(tmp_path, demo_dataset):
+    run_dir, recipe = run_recipe(tmp_path, demo_dataset)
     with lock_held_elsewhere(run_dir) as pid:
         with pytest.raises(CsmAdaptError, match=rf"{run_dir} is in use by another csm-adapt run \(PID {pid}\)"):
             train(recipe)
@@ -284,8 +188,8 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder_and_freed_by_its_de
     assert not (run_dir / ".lock").exists()
 
 
-def test_a_refused_run_writes_nothing(tmp_path, dataset):
-    run_dir, _ = run_recipe(tmp_path, dataset)
+def test_a_refused_run_writes_nothing(tmp_path, demo_dataset):
+    run_dir, _ = run_recipe(tmp_path, demo_dataset)
     (run_dir / "checkpoints" / "step-000004").mkdir(parents=True)
     (run_dir / "checkpoints" / "step-000004" / "trainer.pt").write_bytes(b"")
     (run_dir / "recipe.toml").write_text("# the earlier run's recipe\n")
@@ -296,24 +200,24 @@ def test_a_refused_run_writes_nothing(tmp_path, dataset):
     after = sorted((p.relative_to(run_dir), p.read_bytes() if p.is_file() else None) for p in run_dir.rglob("*"))
     assert after == before
 
-    empty_dir, _ = run_recipe(tmp_path / "empty", dataset)
+    empty_dir, _ = run_recipe(tmp_path / "empty", demo_dataset)
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "empty" / "recipe.toml"), "--resume"])
     assert result.exit_code != 0 and "no complete checkpoint" in result.output
     assert not empty_dir.exists() or not any(empty_dir.iterdir())
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path, dataset):
-    _, recipe = run_recipe(tmp_path, dataset)
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_dataset):
+    _, recipe = run_recipe(tmp_path, demo_dataset)
     with pytest.raises(CsmAdaptError, match="--resume: no complete checkpoint"):
         train(recipe, resume=True)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_dataset):
     (tmp_path / "nan_loss.py").write_text(NAN_LOSS)
     # Two micro-batches per step, one combine each: NaN in step 4, after the checkpoint at step 2.
     _, recipe = run_recipe(
         tmp_path,
-        dataset,
+        demo_dataset,
         ["train.checkpoint_every=2", "loss.after_calls=6"],
         strategy="nan_after",
         plugins=["nan_loss.py"],
@@ -326,7 +230,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_two_processes_match_one_process_with_ddp_and_fsdp(tmp_path, dataset):
+def test_two_processes_match_one_process_with_ddp_and_fsdp(tmp_path, demo_dataset):
     # One sample per micro-batch, no shuffling: one process with two micro-batches per step and
     # two ranks with one each see the same samples in every optimizer step.
     same = [
@@ -336,13 +240,13 @@ def test_two_processes_match_one_process_with_ddp_and_fsdp(tmp_path, dataset):
         "train.val_every=100",
         "train.checkpoint_every=100",
     ]
-    one_dir, one = run_recipe(tmp_path / "one", dataset, same)
+    one_dir, one = run_recipe(tmp_path / "one", demo_dataset, same)
     train(one)
     reference = load_model(one_dir / "checkpoints" / "final").state_dict()
 
     for parallel in ("ddp", "fsdp"):
         two_dir = tmp_path / parallel / "run"
-        recipe = write_recipe(tmp_path / parallel, dataset, run_dir=two_dir)
+        recipe = write_train_recipe(tmp_path / parallel, demo_dataset, run_dir=two_dir)
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             "-m", "csm_adapt", "run", str(recipe), *same, f"train.parallel={parallel!r}",
@@ -358,7 +262,7 @@ def test_two_processes_match_one_process_with_ddp_and_fsdp(tmp_path, dataset):
         for name, x in reference.items():
             diff = (x - two[name]).abs().max()
             assert torch.allclose(x, two[name], atol=5e-5, rtol=1e-4), f"{parallel}: {name} differs by {diff}"
-        la, lb = metrics(one_dir, "train/loss"), metrics(two_dir, "train/loss")
+        la, lb = read_metrics(one_dir, "train/loss"), read_metrics(two_dir, "train/loss")
         assert la.keys() == lb.keys() == {1, 2, 3, 4}
         assert all(abs(la[s] - lb[s]) < 1e-4 for s in la), parallel
 
@@ -370,21 +274,21 @@ def test_demo_recipe_validates(monkeypatch):
     assert "is valid" in result.output
 
 
-def test_evaluation_during_training_logs_eval_metrics_and_keeps_the_best_by_one(tmp_path, dataset):
+def test_evaluation_during_training_logs_eval_metrics_and_keeps_the_best_by_one(tmp_path, demo_dataset):
     extra = (
         '[[loggers]]\nname = "tensorboard"\n\n'
         "[eval]\nevery = 4\nmax_prompts = 2\nmax_audio_ms = 240\nbatch_size = 2\n"
         '[[eval.evaluators]]\nname = "stopping"\n[[eval.evaluators]]\nname = "quality"\n'
     )
-    run_dir, recipe = run_recipe(tmp_path, dataset, ['train.best_by="eval/ovrl:max"'], extra=extra)
+    run_dir, recipe = run_recipe(tmp_path, demo_dataset, ['train.best_by="eval/ovrl:max"'], extra=extra)
     train(recipe)
 
     for name in ("eval/eos", "eval/duration_ratio", "eval/sig", "eval/bak", "eval/ovrl"):
-        assert sorted(metrics(run_dir, name)) == [4, 8], name
-    ovrl = metrics(run_dir, "eval/ovrl")
+        assert sorted(read_metrics(run_dir, name)) == [4, 8], name
+    ovrl = read_metrics(run_dir, "eval/ovrl")
     best = json.loads((run_dir / "checkpoints" / "best" / "best.json").read_text())
     assert best == {"step": max(ovrl, key=ovrl.get), "best_by": "eval/ovrl", "value": max(ovrl.values())}
-    assert 0 <= metrics(run_dir, "eval/eos")[8] <= 1 and metrics(run_dir, "eval/duration_ratio")[8] > 0
+    assert 0 <= read_metrics(run_dir, "eval/eos")[8] <= 1 and read_metrics(run_dir, "eval/duration_ratio")[8] > 0
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

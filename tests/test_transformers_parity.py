@@ -1,17 +1,19 @@
-"""Our CSM against transformers' independent port, loaded from the same weights via the transformers layout."""
+"""Our CSM against transformers' independent port, loaded from the same weights via the transformers layout.
+
+transformers is in the `test` extra: these tests always run (tests/test_checkpoint.py checks the q/k rows without it).
+"""
 
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from csm_adapt.model.checkpoint import build_model, load_model, save_model  # noqa: E402
-from csm_adapt.model.config import MODEL_CONFIGS  # noqa: E402
-from csm_adapt.model.csm import CSM  # noqa: E402
-from csm_adapt.model.generation import generate_frames  # noqa: E402
-from csm_adapt.model.rows import audio_frame_mask, audio_rows, text_rows  # noqa: E402
-from csm_adapt.model.transformers_layout import hf_name, to_transformers  # noqa: E402
+from csm_adapt.model.checkpoint import load_model, save_model
+from csm_adapt.model.config import MODEL_CONFIGS
+from csm_adapt.model.csm import CSM
+from csm_adapt.model.generation import generate_frames
+from csm_adapt.model.rows import audio_frame_mask, audio_rows, text_rows
+from csm_adapt.model.transformers_layout import to_transformers
 
 K = 32  # transformers' CSM, like Mimi, has 32 codebooks
 # transformers builds an (untrained) Mimi inside the model; one layer keeps that fast.
@@ -19,12 +21,8 @@ SMALL_CODEC = dict(num_hidden_layers=1, num_quantizers=K)
 
 
 @pytest.fixture(scope="module")
-def ours():
-    model = build_model("micro", seed=5)
-    with torch.random.fork_rng():
-        torch.manual_seed(5)
-        model.init_weights(std=0.3)  # large weights: any layout error changes the outputs visibly
-    return model.eval()
+def ours(sharp_micro_model):
+    return sharp_micro_model  # tests/conftest.py: large weights, any layout error changes the outputs visibly
 
 
 @pytest.fixture(scope="module")
@@ -79,25 +77,6 @@ def test_logits_and_losses_match(ours, theirs, rows):
     torch.testing.assert_close(F.cross_entropy(mine.c0_logits, mine.c0_targets), out.backbone_loss)
     decoder_ce = F.cross_entropy(mine.decoder_logits.flatten(0, 1), mine.decoder_targets.flatten())
     torch.testing.assert_close(decoder_ce, out.depth_decoder_loss)
-
-
-@torch.no_grad()
-def test_unpermuted_qk_rows_would_be_caught(ours, theirs, rows):
-    """The parity above depends on the rotate-half permutation: loading q/k rows as-is breaks it."""
-    tokens, mask = rows
-    hf_state, _ = to_transformers(ours.state_dict(), ours.args)
-    broken = dict(hf_state)
-    for name, tensor in ours.state_dict().items():
-        if name.startswith("backbone.") and ("q_proj" in name or "k_proj" in name):
-            broken[hf_name(name)] = tensor
-    original = {k: v.clone() for k, v in theirs.state_dict().items()}
-    try:
-        theirs.load_state_dict(broken, strict=False)
-        embeds, _ = their_inputs(theirs, tokens, mask)
-        h = ours.backbone(ours.embed_rows(tokens[None], mask[None]), torch.arange(len(tokens))[None])
-        assert (ours.codebook0_head(h) - theirs(inputs_embeds=embeds).logits).abs().max() > 1e-2
-    finally:
-        theirs.load_state_dict(original)
 
 
 @torch.no_grad()
