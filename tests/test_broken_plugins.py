@@ -20,6 +20,9 @@ from csm_adapt.plugin_engine.manager import BLOCK_ENV, load_plugins
 from csm_adapt.plugin_engine.registries import collect
 
 RECIPE = """
+[model]
+text_tokenizer = "offline"
+audio_codec = "offline"
 [data]
 out = "prepared"
 [data.reader]

@@ -67,6 +67,9 @@ def write_recipe(tmp_path: Path, root: Path) -> Path:
     path.write_text(
         f"""
 plugins = ["loss.py"]
+[model]
+text_tokenizer = "offline"
+audio_codec = "offline"
 [data]
 out = "prepared"
 [data.reader]
