@@ -194,9 +194,9 @@ MUTANTS = [
         "csm_adapt/training/step.py",
         'out[f"{prefix}/loss"] = loss / self.steps',
         'out[f"{prefix}/loss"] = loss',
-        "tests/test_train.py",
+        TRAIN,
         "-k",
-        "learns",
+        "log_line",
     ),
     m(
         "all-frames-to-decoder",

@@ -38,6 +38,10 @@ def test_rope_is_interleaved_pairs():
     y = apply_rope(x, cos, sin)
     assert torch.allclose(y[..., 2:4].flatten(), torch.tensor([math.cos(a), math.sin(a)]))
     assert torch.all(y[..., [0, 1, 4, 5, 6, 7]] == 0)
+    # The pair's second axis too: (0, 1) rotated by a is (-sin a, cos a).
+    x[..., 2], x[..., 3] = 0.0, 1.0
+    y = apply_rope(x, cos, sin)
+    assert torch.allclose(y[..., 2:4].flatten(), torch.tensor([-math.sin(a), math.cos(a)]))
 
 
 def test_rope_llama3_scaling_curve():

@@ -17,7 +17,9 @@ from csm_adapt.config.recipe import load_recipe
 from csm_adapt.data.loader import TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
 from csm_adapt.model.checkpoint import build_model, load_model
+from csm_adapt.training.distributed import Dist
 from csm_adapt.training.loop import train
+from csm_adapt.training.step import Totals
 
 # Short sequences and small micro-batches: the 9 training clips (~60 rows each) make several different
 # micro-batches per epoch, and the two micro-batches of a step hold different numbers of frames.
@@ -212,3 +214,13 @@ def test_validation_scores_both_parts_of_every_val_frame_with_equal_weights(one_
     # strategy (here 0.3 / 0.7); each part is a token mean (the decoder's over K - 1 codebooks).
     expected = 0.5 * c0_sum / frames + 0.5 * dec_sum / (frames * (K - 1))
     assert read_metrics(recipe.output.run_dir, "val/loss")[1] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_log_line_reports_the_mean_loss_of_its_optimizer_steps():
+    # With log_every > 1 the interval holds several steps (every training test above logs every step).
+    totals = Totals.zeros(K, torch.device("cpu"))
+    for step_loss in (2.0, 4.0, 9.0):
+        totals.loss += step_loss  # as backward_step adds each step's loss
+        totals.steps += 1
+    metrics, _, _ = totals.reduce("train", Dist())
+    assert metrics["train/loss"] == 5.0
