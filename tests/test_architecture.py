@@ -20,8 +20,9 @@ ALLOWED = {
     "plugin_api": {"errors"},
     "files": {"errors"},
     "terminal": set(),
-    # What a finished run holds, for the commands' closing lines.
+    # What a finished run holds, for the commands' closing lines; a checkpoint's folder for the hub.
     "run_report": {"errors", "model"},
+    "hub_push": {"errors", "model", "config"},
     "model": {"errors", "audio_io", "files"},
     # config.structure (strict attrs building, itself importing only errors) checks option classes.
     "plugin_engine": {"errors", "plugin_api", "config.structure"},

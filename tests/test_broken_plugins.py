@@ -16,6 +16,7 @@ import click
 import pytest
 
 from csm_adapt.errors import PluginError
+from csm_adapt.plugin_engine.hookspecs import hook_names
 from csm_adapt.plugin_engine.manager import BLOCK_ENV, load_plugins
 from csm_adapt.plugin_engine.registries import collect
 
@@ -109,7 +110,11 @@ def test_other_commands_fail_with_one_line_naming_distribution_entry_point_and_t
 @pytest.mark.parametrize(
     ("module", "body", "error"),
     [
-        ("fake_misspelt", MISSPELT_HOOK, "unknown hook register_dataset_reader; valid hooks: register_commands"),
+        (
+            "fake_misspelt",
+            MISSPELT_HOOK,
+            f"unknown hook register_dataset_reader; valid hooks: {', '.join(hook_names())}",
+        ),
         ("fake_failing", FAILING_HOOK, "RuntimeError: the logger's config file is missing"),
     ],
 )

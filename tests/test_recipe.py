@@ -13,6 +13,7 @@ from csm_adapt.config.recipe import SAVED_NAME, load_recipe, recipe_to_dict, sav
 from csm_adapt.config.schema import TrainConfig
 from csm_adapt.config.structure import from_dict, to_dict
 from csm_adapt.errors import ConfigError
+from csm_adapt.plugin_api import RunInfo
 
 # Every key of [train], in declaration order, as the unknown-key message lists them.
 TRAIN_KEYS = ", ".join(f.name for f in attrs.fields(TrainConfig))
@@ -107,6 +108,7 @@ def test_load_recipe_builds_tables_plugins_and_defaults(recipe_path, tmp_path):
 def test_logger_ref_creates_a_logger_in_the_run_dir(recipe_path):
     recipe = load_recipe(recipe_path)
     logger = recipe.loggers[0].create(recipe.output.run_dir)
+    logger.begin(RunInfo(total_steps=1, start_step=0, recipe={}, recipe_toml=""))
     logger.log_scalars(1, {"loss": 2.0})
     logger.close()
     assert (recipe.output.run_dir / "metrics.jsonl").read_text().count("\n") == 1
@@ -190,7 +192,7 @@ def test_bad_overrides(override, message):
         ("train=3", "train: expected a table, got int 3"),
         (
             "data.reader.name=toyy",
-            'data.reader.name: unknown reader "toyy"; available: conversation, json, ljspeech, toy',
+            'data.reader.name: unknown reader "toyy"; available: conversation, hf_datasets, json, ljspeech, toy',
         ),
         ("loss.strategy=nope", 'loss.strategy: unknown loss strategy "nope"; available: amortized, full, simple'),
         ('loggers=[{name="tb"}]', 'loggers.0.name: unknown logger "tb"; available: console, jsonl, tensorboard'),

@@ -17,7 +17,7 @@ from csm_adapt.plugin_api import NoOptions, Sample, Turn
         ({"speaker": "0"}, "speaker must be an int or None, got str '0'"),
         ({"speaker": True}, "speaker must be an int or None, got bool True"),
         ({"text": None}, "text must be a str, got NoneType None"),
-        ({"audio": 3}, "audio must be a Path or str, got int 3"),
+        ({"audio": 3}, "audio must be a Path, a str or an AudioSource, got int 3"),
         ({"start": "1.5"}, "start must be a number of seconds or None, got str '1.5'"),
         ({"end": float}, "end must be a number of seconds or None"),
         ({"target": 1}, "target must be a bool, got int 1"),
