@@ -51,6 +51,8 @@ def test_help_example_parses_and_names_what_exists(shown_in, words, monkeypatch,
         elif word.startswith("runs/"):
             assert RUN_PATH.fullmatch(word), f"{word} (in {shown_in} --help) is not a path a run writes"
             (tmp_path / word).mkdir(parents=True) if "checkpoints/" in word else None
+        elif word.startswith("data/"):
+            (tmp_path / word).mkdir(parents=True)  # a user's dataset or recordings folder
     command = cli.commands[words[0]]
     try:
         command.make_context(words[0], list(words[1:]), resilient_parsing=False)

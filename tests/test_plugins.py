@@ -18,6 +18,8 @@ from csm_adapt.plugin_engine import hookspecs as hooks
 from csm_adapt.plugin_engine.manager import BLOCK_ENV, load_plugins
 from csm_adapt.plugin_engine.registries import collect
 
+VALID_HOOKS = ", ".join(hooks.hook_names())
+
 DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
 
 
@@ -126,7 +128,7 @@ def test_misspelt_hook_fails_naming_the_plugin(tmp_path):
     )
     with pytest.raises(
         PluginError,
-        match=rf"plugin typo \(.*typo.py\): unknown hook register_dataset_reader; valid hooks: {', '.join(hooks.hook_names())}$",
+        match=rf"plugin typo \(.*typo.py\): unknown hook register_dataset_reader; valid hooks: {VALID_HOOKS}$",
     ):
         registries_for(path)
 

@@ -28,7 +28,7 @@ def segment(recordings: Path, out: Path, **options) -> None:
     Writes OUT/clips/*.wav, OUT/metadata.jsonl (read it with the json reader) and OUT/summary.json.
     Without --whisper each clip's text is empty: fill it in, or prepare rejects the clip.
 
-    Example: csm-adapt segment /data/podcasts /data/podcast-clips --whisper openai/whisper-large-v3 --language fr
+    Example: csm-adapt segment data/podcasts data/podcast-clips --whisper openai/whisper-large-v3 --language fr
     """
     from csm_adapt.segment.segmenter import METADATA, SegmentOptions, segment_folder
 
