@@ -143,7 +143,9 @@ def test_run_prints_where_everything_went_and_the_recipe_only_when_verbose(long_
     assert lines[1] == f"done. final model: {final}"
     assert any(line.startswith(f"{final}/") and line.endswith("the model at the end") for line in lines)
     assert lines[-1] == f'speak with: csm-adapt generate --model {final} --text "..." --out out.wav'
-    verbose = CliRunner().invoke(cli, ["run", str(path), "--verbose", "--resume"], env={"COLUMNS": "80"})
+    # Into a fresh run directory: the first one now holds a run, which only --resume may continue.
+    again = f"output.run_dir={tmp_path / 'again'}"
+    verbose = CliRunner().invoke(cli, ["run", str(path), "--verbose", again], env={"COLUMNS": "80"})
     assert "[train]" in verbose.output
 
 

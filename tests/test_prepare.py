@@ -282,7 +282,9 @@ def test_val_split_is_seeded_order_independent_and_can_hold_out_speakers():
 
 def test_explicit_val_reader(clips, tmp_path, frontend):
     val_meta = tmp_path / "val.jsonl"
-    val_meta.write_text(json.dumps({"text": "Validation.", "path": str(clips / "flac.flac"), "id": "v1"}) + "\n")
+    # Relative to the metadata file's folder: a reader refuses absolute paths unless told otherwise.
+    audio = str((clips / "flac.flac").relative_to(tmp_path))
+    val_meta.write_text(json.dumps({"text": "Validation.", "path": audio, "id": "v1"}) + "\n")
     val_reader = ReaderRef("json", JsonOptions(path=val_meta), JsonReader)
     data = json_data(clips / "meta.jsonl", tmp_path / "out", val_fraction=0.5, val_reader=val_reader)
     index = prepare(data, MODEL, console=QUIET, frontend=frontend)
