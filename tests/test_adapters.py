@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train import KILLER, dataset, metrics, run_recipe  # noqa: F401 (dataset is a fixture)
+from runs import KILLER, read_metrics  # tests/runs.py
+from test_train import run_recipe
 
 from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
@@ -162,17 +163,17 @@ def test_qlora_forward_matches_the_dequantised_model():
     assert 0 < (w - base).abs().max() <= 0.16 * base.abs().max()
 
 
-def test_recipe_errors_name_the_key(tmp_path, dataset):  # noqa: F811
-    _, recipe = run_recipe(tmp_path, dataset, ['adapter.name="lora"', "adapter.rank=4"])
+def test_recipe_errors_name_the_key(tmp_path, demo_dataset):
+    _, recipe = run_recipe(tmp_path, demo_dataset, ['adapter.name="lora"', "adapter.rank=4"])
     assert recipe.adapter.options.rank == 4
     with pytest.raises(ConfigError, match="adapter.ranks: unknown key; valid keys: rank, alpha"):
-        run_recipe(tmp_path, dataset, ['adapter.name="lora"', "adapter.ranks=4"])
+        run_recipe(tmp_path, demo_dataset, ['adapter.name="lora"', "adapter.ranks=4"])
     with pytest.raises(ConfigError, match='adapter.name: unknown adapter "lorra"; available: lora, qlora'):
-        run_recipe(tmp_path, dataset, ['adapter.name="lorra"'])
+        run_recipe(tmp_path, demo_dataset, ['adapter.name="lorra"'])
     with pytest.raises(ConfigError, match="adapter: with an adapter, the adapter decides what trains"):
-        run_recipe(tmp_path, dataset, ['adapter.name="lora"', 'train.trainable="decoder"'])
+        run_recipe(tmp_path, demo_dataset, ['adapter.name="lora"', 'train.trainable="decoder"'])
     with pytest.raises(ConfigError, match='frozen_dtype = "bf16" needs train.precision = "bf16"'):
-        run_recipe(tmp_path, dataset, ['adapter.name="lora"', 'train.frozen_dtype="bf16"'])
+        run_recipe(tmp_path, demo_dataset, ['adapter.name="lora"', 'train.frozen_dtype="bf16"'])
     with pytest.raises(ConfigError, match='adapter.targets: "\\*.attn.wq" matches no linear module'):
         Lora(LoraOptions(targets=("*.attn.wq",))).apply(model())
 
@@ -183,15 +184,15 @@ ADAPTER = [
 ]  # fmt: skip
 
 
-def test_adapter_checkpoints_resume_bit_exactly(tmp_path, dataset):  # noqa: F811
-    whole_dir, whole = run_recipe(tmp_path / "whole", dataset, [*ADAPTER, "adapter.dropout=0.1"])
+def test_adapter_checkpoints_resume_bit_exactly(tmp_path, demo_dataset):
+    whole_dir, whole = run_recipe(tmp_path / "whole", demo_dataset, [*ADAPTER, "adapter.dropout=0.1"])
     train(whole)
 
     (tmp_path / "killed").mkdir()
     (tmp_path / "killed" / "killer.py").write_text(KILLER)
     extra = '[[loggers]]\nname = "killer"\nat_step = 6\n'
     killed_dir, killed = run_recipe(
-        tmp_path / "killed", dataset, [*ADAPTER, "adapter.dropout=0.1"], plugins=["killer.py"], extra=extra
+        tmp_path / "killed", demo_dataset, [*ADAPTER, "adapter.dropout=0.1"], plugins=["killer.py"], extra=extra
     )
     with pytest.raises(KeyboardInterrupt):
         train(killed)
@@ -208,10 +209,10 @@ def test_adapter_checkpoints_resume_bit_exactly(tmp_path, dataset):  # noqa: F81
     assert a.keys() == b.keys()
     for name, x in a.items():
         assert torch.equal(x, b[name]), name
-    assert metrics(whole_dir, "train/loss") == metrics(killed_dir, "train/loss")
+    assert read_metrics(whole_dir, "train/loss") == read_metrics(killed_dir, "train/loss")
     # It trained: the adapter moved and the loss fell.
     assert a["backbone.layers.0.attn.q_proj.lora_B"].abs().max() > 0
-    losses = metrics(whole_dir, "train/loss")
+    losses = read_metrics(whole_dir, "train/loss")
     assert losses[6] < losses[1]
 
     # The adapter directory alone rebuilds the trained model (base from adapter.json); merged = unmerged.
@@ -236,17 +237,17 @@ def test_adapter_checkpoints_resume_bit_exactly(tmp_path, dataset):  # noqa: F81
     assert out.is_file()
 
 
-def test_adapter_with_bf16_frozen_base_trains(tmp_path, dataset):  # noqa: F811
+def test_adapter_with_bf16_frozen_base_trains(tmp_path, demo_dataset):
     run_dir, recipe = run_recipe(
         tmp_path,
-        dataset,
+        demo_dataset,
         [*ADAPTER, 'adapter.name="qlora"', 'train.precision="bf16"', 'train.frozen_dtype="bf16"', "train.steps=2"],
         extra='[samples]\nevery = 2\nmax_audio_ms = 240\n[[samples.prompts]]\ntext = "Bonjour."\n',
     )
     final = train(recipe)
     adapted, _ = load_adapted(final)
     assert type(adapted.backbone.layers[0].attn.q_proj.weight).__name__ == "NF4Tensor"
-    assert torch.isfinite(torch.tensor(list(metrics(run_dir, "train/loss").values()))).all()
+    assert torch.isfinite(torch.tensor(list(read_metrics(run_dir, "train/loss").values()))).all()
     assert (run_dir / "samples" / "step-000002" / "0.wav").is_file()  # generation over the bf16 base
 
 
