@@ -225,6 +225,6 @@ def test_audio_descriptions_reach_old_and_new_loggers(tmp_path):
     fan_out.log_audio(4, "eval/p2", torch.zeros(0), 24000)  # empty audio: a model that stopped at once
     fan_out.close()
     assert old.calls == [("audio", 4, "eval/p1"), ("text", 4, "eval/p1", "Bonjour Marie."), ("audio", 4, "eval/p2")]
-    events = read_events(tmp_path / "tensorboard")
+    events = read_events(board.events_dir)
     assert events.SummaryMetadata("eval/p1").summary_description == "Bonjour Marie."
     assert [e.step for e in events.Tensors("eval/p2")] == [4]

@@ -120,7 +120,7 @@ def test_two_ranks_share_the_shards_resume_and_match_one_process(dataset, tmp_pa
     def write_once_then_die(path, samples):
         if list(two.out.glob("*.tar")):
             raise KeyboardInterrupt
-        real_write(path, samples)
+        return real_write(path, samples)
 
     monkeypatch.setattr(prepare_module, "write_shard", write_once_then_die)
     with pytest.raises(KeyboardInterrupt):

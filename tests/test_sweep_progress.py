@@ -57,7 +57,7 @@ def test_status_shows_running_trials_and_an_eta():
 
 
 def test_opening_a_study_silences_optuna_info_logs(tmp_path):
-    from csm_adapt.sweep.config import Param, SweepConfig
+    from csm_adapt.config.sweep import Param, SweepConfig
     from csm_adapt.sweep.study import open_storage, open_study
 
     optuna.logging.set_verbosity(optuna.logging.INFO)

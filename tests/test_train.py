@@ -294,10 +294,12 @@ def test_evaluation_during_training_logs_eval_metrics_and_keeps_the_best_by_one(
 
     from csm_adapt.evaluation.prompts import val_prompts
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0}).Reload()
+    # Events of the run named after its directory; audio as labelled tensor summaries.
+    events = EventAccumulator(str(run_dir / "tensorboard" / run_dir.name), size_guidance={"tensors": 0}).Reload()
     prompts = val_prompts(recipe.data.out, 2)
     assert len(prompts) == 2
     for prompt in prompts:
         tag = f"eval/{prompt.id}"
-        assert [e.step for e in events.Audio(tag)] == [4, 8]
+        assert [e.step for e in events.Tensors(tag)] == [4, 8]
         assert events.SummaryMetadata(tag).summary_description == prompt.text
+        assert events.Tensors(tag)[0].tensor_proto.string_val[1].decode() == prompt.text

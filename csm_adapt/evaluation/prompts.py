@@ -21,7 +21,7 @@ import attrs
 import torch
 
 from csm_adapt.audio_io import load_audio
-from csm_adapt.data.loader import read_index
+from csm_adapt.data.format import read_index
 from csm_adapt.errors import ConfigError
 
 PROMPT_KEYS = ("id", "text", "speaker", "reference")
@@ -104,10 +104,10 @@ def _share_references(prompts: Sequence[EvalPrompt]) -> list[EvalPrompt]:
 def val_prompts(data_dir: Path, limit: int) -> list[EvalPrompt]:
     """The first `limit` validation utterances of the prepared data (the last target turn of each
     sample), their own recording as the reference."""
-    shards = read_index(data_dir)["splits"].get("val", {}).get("shards", [])
+    shards = read_index(data_dir).split("val").shards
     prompts: list[EvalPrompt] = []
     for shard in shards:
-        with tarfile.open(Path(data_dir) / shard["name"]) as tar:
+        with tarfile.open(Path(data_dir) / shard.name) as tar:
             for member in tar:
                 if len(prompts) >= limit:
                     return prompts
