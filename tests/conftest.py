@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import DEMO_DATA, write_train_recipe  # tests/runs.py
 
 from csm_adapt.config.recipe import load_recipe
 from csm_adapt.data.prepare import prepare
 from csm_adapt.model.checkpoint import build_model
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.model.csm import CSM
+from runs import DEMO_DATA, write_train_recipe  # tests/runs.py
 
 
 @pytest.fixture(scope="session")

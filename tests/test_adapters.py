@@ -5,8 +5,6 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from runs import KILLER, read_metrics  # tests/runs.py
-from test_train import run_recipe
 
 from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
@@ -23,6 +21,8 @@ from csm_adapt.training.adapters import (
 from csm_adapt.training.loop import train
 from csm_adapt.training.step import autocast
 from csm_adapt_plugins.lora_adapter import Lora, LoRALinear, LoraOptions, Qlora, QloraOptions
+from runs import KILLER, read_metrics  # tests/runs.py
+from test_train import run_recipe
 
 K = 32
 

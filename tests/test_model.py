@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from document_mask import attention_mask  # tests/document_mask.py
 
 from csm_adapt.errors import GenerationError
 from csm_adapt.model.checkpoint import build_model
@@ -13,6 +12,7 @@ from csm_adapt.model.csm import CSM
 from csm_adapt.model.generation import generate_frames, sample_topk
 from csm_adapt.model.llama import Segments, _rope_table, apply_rope, rope_frequencies
 from csm_adapt.model.rows import audio_frame_mask, audio_rows, text_rows, utterance_rows
+from document_mask import attention_mask  # tests/document_mask.py
 
 K = 32
 

@@ -13,7 +13,6 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 from click.testing import CliRunner
-from lock_holder import lock_held_elsewhere
 from rich.console import Console
 
 from csm_adapt.cli import cli
@@ -30,6 +29,7 @@ from csm_adapt.model.text_tokenizer import TextTokenizer
 from csm_adapt.plugin_api import Sample, Turn
 from csm_adapt_plugins.conversation_reader import ConversationOptions, ConversationReader
 from csm_adapt_plugins.json_reader import JsonOptions, JsonReader
+from lock_holder import lock_held_elsewhere
 
 MODEL = ModelConfig(text_tokenizer="offline", audio_codec="offline")
 QUIET = Console(quiet=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from lock_holder import lock_held_elsewhere
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -26,6 +25,7 @@ from csm_adapt.sweep.report import BEST, PLOTS, TENSORBOARD, TRIALS_CSV
 from csm_adapt.sweep.runner import run_sweep, study_name, sweep_dir
 from csm_adapt.sweep.space import check_space, suggest
 from csm_adapt.sweep.study import INTERRUPTED, open_storage, open_study
+from lock_holder import lock_held_elsewhere
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "demo.toml"

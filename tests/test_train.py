@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from lock_holder import lock_held_elsewhere
-from runs import KILLER, read_metrics, write_train_recipe  # tests/runs.py
 
 from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
@@ -19,6 +17,8 @@ from csm_adapt.files import DirLock
 from csm_adapt.model.checkpoint import load_model
 from csm_adapt.training.loop import train
 from csm_adapt.training.run_checkpoints import load_trainer_state
+from lock_holder import lock_held_elsewhere
+from runs import KILLER, read_metrics, write_train_recipe  # tests/runs.py
 
 REPO = Path(__file__).parents[1]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from runs import KILLER, read_metrics, write_train_recipe  # tests/runs.py
 
 from csm_adapt.config.recipe import load_recipe
 from csm_adapt.data.loader import TrainLoader, ValLoader
@@ -20,6 +19,7 @@ from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.training.distributed import Dist
 from csm_adapt.training.loop import train
 from csm_adapt.training.step import Totals
+from runs import KILLER, read_metrics, write_train_recipe  # tests/runs.py
 
 # Short sequences and small micro-batches: the 9 training clips (~60 rows each) make several different
 # micro-batches per epoch, and the two micro-batches of a step hold different numbers of frames.
