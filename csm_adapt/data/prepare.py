@@ -131,9 +131,7 @@ def prepare(
     try:
         if not rebuild and prepared_is_current(data, model):  # read-only: needs no lock
             console.print(f"[green]{out} is up to date[/] (data hash {digest})")
-            index = _read_json(out / INDEX)
-            check_kept(index["summary"], out)
-            return index
+            return _finished_index(out)
         # Every rank checks before any rank writes (the barrier below), so all see the same.
         _refuse_other_recipe(out, recipe, digest, rebuild)
         resume = f"csm-adapt prepare RECIPE (or `csm-adapt run RECIPE`) with data.out={out}"
@@ -150,9 +148,7 @@ def prepare(
                 _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
             ranks.barrier()
             if not rebuild and prepared_is_current(data, model):  # another process finished it while we waited
-                index = _read_json(out / INDEX)
-                check_kept(index["summary"], out)
-                return index
+                return _finished_index(out)
 
             read_rejects, shards, reader_info = _plan(data)
             frontend = frontend or _load_frontend(model, device)
@@ -170,13 +166,18 @@ def prepare(
     finally:
         ranks.close()
     if not ranks.is_main:
-        index = _read_json(out / INDEX)
-        check_kept(index["summary"], out)
-        return index
+        return _finished_index(out)
     timings = _timings(records)
     _print_summary(index.summary, timings, out, console)
     check_kept(index.summary, out)  # after writing: rejects.jsonl says why
     return {**index.to_json(), "timings": timings}
+
+
+def _finished_index(out: Path) -> dict:
+    """The index of prepared data found complete, refused when it kept nothing to train on."""
+    index = _read_json(out / INDEX)
+    check_kept(index["summary"], out)
+    return index
 
 
 def _plan(data: DataConfig) -> tuple[list[Reject], list[_Shard], dict]:
