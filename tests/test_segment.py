@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torchaudio.functional
 from click.testing import CliRunner
 
 from csm_adapt.cli import cli
+from csm_adapt.segment.align import Word, text_of
 from csm_adapt.segment.cuts import Span, group_regions, length_histogram
 from csm_adapt.segment.loudness import normalize_loudness
 from csm_adapt_plugins.json_reader import JsonOptions, JsonReader
@@ -53,13 +55,18 @@ def speech_extent(wav: np.ndarray) -> tuple[int, int]:
     return int(loud[0]), int(loud[-1]) + 1
 
 
-def recording(path: Path, clips: list[Path], pauses: list[float], lead: float = 0.6) -> list[tuple[float, float]]:
-    """Demo clips joined by `pauses` of digital silence; returns each clip's speech (s..e seconds)."""
+def recording(
+    path: Path, clips: list[Path], pauses: list[float], lead: float = 0.6, trim: bool = False
+) -> list[tuple[float, float]]:
+    """Demo clips joined by `pauses` of digital silence (`trim`: the clips' own silence at their edges
+    cut off first); returns each clip's speech (s..e seconds)."""
     parts, speech, position = [np.zeros(int(lead * RATE), np.float32)], [], int(lead * RATE)
     for clip, pause in zip(clips, [*pauses, lead]):
         wav, rate = sf.read(clip, dtype="float32")
         assert rate == RATE
         first, last = speech_extent(wav)
+        if trim:
+            wav, first, last = wav[first:last], 0, last - first
         speech.append(((position + first) / RATE, (position + last) / RATE))
         parts += [wav, np.zeros(int(pause * RATE), np.float32)]
         position += len(wav) + int(pause * RATE)
@@ -123,6 +130,98 @@ def test_segment_cuts_recordings_in_their_pauses_and_writes_what_the_json_reader
     assert again.exit_code == 2 and "metadata.jsonl exists" in again.output
 
 
+def spoken_texts() -> dict[str, str]:
+    """Demo clip id -> its text as espeak-ng speaks it (metadata.csv's normalized column)."""
+    lines = (DEMO.parent / "metadata.csv").read_text(encoding="utf-8").splitlines()
+    return {clip_id: spoken for clip_id, _, spoken in (line.split("|") for line in lines)}
+
+
+def timed_words(text: str, start: float, end: float) -> list[Word]:
+    """`text`'s words over start..end, each as long as its letters, touching: as Whisper times them."""
+    names = text.split()
+    step = (end - start) / sum(len(name) + 1 for name in names)
+    words, t = [], start
+    for name in names:
+        words.append(Word(f" {name}", t, t + step * (len(name) + 1)))
+        t = words[-1].end
+    return words
+
+
+class HeardWords:
+    """Whisper with word timestamps, played: it knows the words of each recording (told by its length)
+    with their times, and returns those in the spans it is asked for, as `Transcriber.words` does."""
+
+    def __init__(self, timelines: dict[int, list[Word]]):
+        self.timelines, self.heard = timelines, {}
+
+    def words(self, wav: torch.Tensor, spans: list[Span]) -> list[Word]:
+        timeline = self.timelines[wav.numel()]
+        heard = [
+            Word(w.text, max(w.start, span.start), min(w.end, span.end))
+            for span in spans
+            for w in timeline
+            if span.start <= (w.start + w.end) / 2 < span.end
+        ]
+        self.heard[wav.numel()] = heard
+        return heard
+
+    def text(self, clip: torch.Tensor) -> str:
+        raise AssertionError("with word timestamps no clip is transcribed on its own")
+
+
+def test_with_word_timestamps_no_cut_falls_inside_a_word_and_each_clip_says_the_words_in_it(tmp_path, monkeypatch):
+    from csm_adapt.audio_io import load_audio
+    from csm_adapt.segment import transcribe
+    from csm_adapt.segment.segmenter import SegmentOptions, segment_folder
+    from csm_adapt.segment.vad import VAD_RATE, Vad
+
+    demo, texts, folder = sorted(DEMO.glob("*.wav")), spoken_texts(), tmp_path / "in"
+    # talk: sentences apart, with words reaching into the pauses or holding one whole; monologue:
+    # sentences run together, longer than a clip, so voice-activity detection splits them where it must.
+    layouts = {"talk.wav": (demo[:6], [0.8, 0.5, 0.9, 0.6, 1.0], False), "monologue.wav": (demo[6:10], [0.0] * 3, True)}
+    timelines, names = {}, {}
+    for name, (clips, pauses, trim) in layouts.items():
+        extents = recording(folder / name, clips, pauses, trim=trim)
+        sentences = [timed_words(texts[c.stem], s, e) for c, (s, e) in zip(clips, extents)]
+        if name == "talk.wav":
+            last = sentences[0][-1]  # Whisper gives the pause after a sentence to its last word ...
+            sentences[0][-1] = Word(last.text, last.start, last.end + 0.35)
+            first = sentences[2][0]  # ... or the whole pause before one to its first word
+            sentences[2][0] = Word(first.text, extents[1][1] + 0.02, first.end)
+        length = load_audio(folder / name).numel()
+        timelines[length], names[length] = [w for sentence in sentences for w in sentence], name
+    fake = HeardWords(timelines)
+    monkeypatch.setattr(transcribe, "Transcriber", lambda model, language, device: fake)
+    lengths = {"min_seconds": 1.0, "max_seconds": 4.5}
+    options = SegmentOptions(**lengths, min_pause=0.4, max_pause=1.2, whisper="played", word_timestamps=True)
+    summary = segment_folder(folder, tmp_path / "out", options)
+    records = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert summary["dropped_regions"] == 0 and summary["clips"] == len(records)
+
+    assert sorted(names[length] for length in fake.heard) == sorted(layouts)
+    for length, heard in fake.heard.items():
+        name, timeline = names[length], timelines[length]
+        assert heard == timeline  # all the speech was transcribed, each word whole
+        mine = [r for r in records if r["recording"] == name]
+        spans = [(r["offset"], r["offset"] + r["seconds"]) for r in mine]
+        for edge in {e for span in spans for e in span}:
+            assert not any(w.start + 1e-3 < edge < w.end - 1e-3 for w in heard), (name, edge)
+        for record, (start, end) in zip(mine, spans):
+            inside = [w for w in heard if start - 1e-3 <= w.start and w.end <= end + 1e-3]
+            assert record["text"] == text_of(inside) and 1.0 <= record["seconds"] <= 4.5
+            assert [w["word"] for w in record["words"]] == [w.text.strip() for w in inside]
+            for mine_word, word in zip(record["words"], inside):
+                assert mine_word["start"] == pytest.approx(word.start - start, abs=2e-3)
+                assert mine_word["end"] == pytest.approx(word.end - start, abs=2e-3)
+        assert " ".join(r["text"] for r in mine) == " ".join(texts[c.stem] for c in layouts[name][0])
+        # The point of it: cut at the pauses alone, clips of this recording would end inside words.
+        vad = Vad(threshold=options.threshold, min_pause=0.4, pad=options.pad, max_seconds=4.5)
+        alone, _ = group_regions(
+            vad.speech(load_audio(folder / name, sample_rate=VAD_RATE)), **lengths, max_pause=options.max_pause
+        )
+        assert any(w.start < e < w.end for c in alone for e in (c.start, c.end) for w in heard), name
+
+
 def tiny_whisper(folder: Path) -> Path:
     """A randomly initialised Whisper (1 layer, d_model 16) with a byte-level vocab: loads and runs
     like a real one through transformers' pipeline, offline."""
@@ -169,7 +268,7 @@ def tiny_whisper(folder: Path) -> Path:
     return folder
 
 
-def test_whisper_transcribes_each_clip_with_word_timestamps(tmp_path):
+def test_whisper_transcribes_the_speech_with_word_timestamps_or_each_clip(tmp_path):
     pytest.importorskip("transformers")
     from csm_adapt.errors import CsmAdaptError
     from csm_adapt.segment.segmenter import SegmentOptions, segment_folder
@@ -177,19 +276,27 @@ def test_whisper_transcribes_each_clip_with_word_timestamps(tmp_path):
     demo = sorted(DEMO.glob("*.wav"))
     recording(tmp_path / "in" / "talk.wav", demo[:3], [1.5, 1.5])
     whisper = tiny_whisper(tmp_path / "whisper")
-    options = SegmentOptions(
-        min_seconds=1.0, max_seconds=4.0, whisper=str(whisper), language="fr", word_timestamps=True
+    lengths = {"min_seconds": 1.0, "max_seconds": 4.0}
+    summary = segment_folder(
+        tmp_path / "in",
+        tmp_path / "out",
+        SegmentOptions(**lengths, whisper=str(whisper), language="fr", word_timestamps=True),
     )
-    summary = segment_folder(tmp_path / "in", tmp_path / "out", options)
     records = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
-    assert summary["clips"] == len(records) == 3
+    assert summary["clips"] == len(records) >= 2
+    assert any(record["words"] for record in records)
     for record in records:
-        assert isinstance(record["text"], str) and record["words"]
+        # A random Whisper says random words, but each clip's text is its words, all inside it.
+        assert re.sub(r"\s", "", record["text"]) == "".join(re.sub(r"\s", "", w["word"]) for w in record["words"])
         for word in record["words"]:
             assert set(word) == {"word", "start", "end"}
-            assert 0 <= word["start"] <= word["end"] <= record["seconds"] + 0.02
+            assert 0 <= word["start"] <= word["end"] <= record["seconds"] + 1e-3
+
+    segment_folder(tmp_path / "in", tmp_path / "out2", SegmentOptions(**lengths, whisper=str(whisper)))
+    records = [json.loads(line) for line in (tmp_path / "out2" / "metadata.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(isinstance(r["text"], str) and "words" not in r for r in records)
 
     with pytest.raises(CsmAdaptError, match="word timestamps come from Whisper"):
         SegmentOptions(word_timestamps=True)
     with pytest.raises(CsmAdaptError, match="cannot load the Whisper model"):
-        segment_folder(tmp_path / "in", tmp_path / "out2", SegmentOptions(whisper=str(tmp_path / "nowhere")))
+        segment_folder(tmp_path / "in", tmp_path / "out3", SegmentOptions(whisper=str(tmp_path / "nowhere")))

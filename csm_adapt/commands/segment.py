@@ -20,7 +20,11 @@ from rich.table import Table
 @click.option("--speaker", type=int, default=None, help="Speaker number written to every clip's record.")
 @click.option("--whisper", default=None, help="Transcribe with this Whisper model (hub id or folder).")
 @click.option("--language", default=None, help="Whisper's language, e.g. fr (default: detected).")
-@click.option("--word-timestamps", is_flag=True, help="Store Whisper's words and their times in each record.")
+@click.option(
+    "--word-timestamps",
+    is_flag=True,
+    help="Cut between Whisper's words (never inside one) and store the words and their times in each record.",
+)
 @click.option("--device", default="cpu", show_default=True, help="Where to decode, detect and transcribe.")
 def segment(recordings: Path, out: Path, **options) -> None:
     """Cut the long recordings in RECORDINGS into clips at pauses, written to OUT.

@@ -5,6 +5,10 @@ Each recording is decoded with csm-adapt's audio I/O, its speech found by Silero
 regions grouped into clips of `min_seconds`..`max_seconds` that start and end in pauses
 (`csm_adapt.segment.cuts`). Clips are optionally loudness-normalised and transcribed with Whisper;
 without Whisper their `text` is empty, to be filled in (prepare rejects empty texts).
+
+With word timestamps Whisper hears the speech before it is cut (up to 30 s at a time) and the cuts
+are chosen between its words (`csm_adapt.segment.align`): no clip edge falls inside a word, and a
+clip's text is exactly the words inside it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from csm_adapt.audio_io import SAMPLE_RATE, load_audio, save_wav
 from csm_adapt.errors import AudioError, CsmAdaptError
+from csm_adapt.segment.align import Word, align_cuts, text_of, windows, words_in
 from csm_adapt.segment.cuts import Span, group_regions, length_histogram
 from csm_adapt.segment.loudness import normalize_loudness
 from csm_adapt.segment.vad import VAD_RATE, Vad
@@ -40,7 +45,7 @@ class SegmentOptions:
     speaker: int | None = None  # written to every clip's record
     whisper: str | None = None  # Whisper model (hub id or folder) to transcribe the clips
     language: str | None = None  # Whisper's language (e.g. "fr"); None: detected
-    word_timestamps: bool = False  # store Whisper's words with their times in each record
+    word_timestamps: bool = False  # cut between Whisper's words; store them with their times in each record
     device: str = "cpu"
 
     def __attrs_post_init__(self) -> None:
@@ -71,7 +76,7 @@ def segment_folder(
     if options.whisper is not None:
         from csm_adapt.segment.transcribe import Transcriber
 
-        transcriber = Transcriber(options.whisper, options.language, options.word_timestamps, options.device)
+        transcriber = Transcriber(options.whisper, options.language, options.device)
     records, kept, dropped, failed, seconds_in = [], [], [], [], 0.0
     for path in files:
         progress(str(path.relative_to(folder)))
@@ -82,12 +87,17 @@ def segment_folder(
             continue
         seconds_in += wav.numel() / SAMPLE_RATE
         regions = vad.speech(load_audio(path, sample_rate=VAD_RATE))
-        clips, too_short = group_regions(
-            regions, min_seconds=options.min_seconds, max_seconds=options.max_seconds, max_pause=options.max_pause
-        )
+        lengths = {"min_seconds": options.min_seconds, "max_seconds": options.max_seconds}
+        if options.word_timestamps:
+            words = transcriber.words(wav, windows(regions, max_pause=options.max_pause))
+            clips, too_short = align_cuts(regions, words, **lengths, max_pause=options.max_pause)
+            clip_words = words_in(clips, words)
+        else:
+            clips, too_short = group_regions(regions, **lengths, max_pause=options.max_pause)
+            clip_words = [None] * len(clips)
         dropped += too_short
-        for i, clip in enumerate(clips):
-            records.append(_write_clip(path, folder, out, i, clip, wav, options, transcriber))
+        for i, (clip, heard) in enumerate(zip(clips, clip_words)):
+            records.append(_write_clip(path, folder, out, i, clip, heard, wav, options, transcriber))
         kept += clips
     _write_text(out / METADATA, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     summary = {
@@ -104,7 +114,18 @@ def segment_folder(
     return summary
 
 
-def _write_clip(path: Path, folder: Path, out: Path, i: int, clip: Span, wav: torch.Tensor, options, transcriber):
+def _write_clip(
+    path: Path,
+    folder: Path,
+    out: Path,
+    i: int,
+    clip: Span,
+    words: list[Word] | None,
+    wav: torch.Tensor,
+    options,
+    transcriber,
+):
+    """Writes the clip's audio; returns its record. `words`: the words inside it (word timestamps)."""
     relative = path.relative_to(folder).with_suffix("")
     clip_path = Path("clips") / relative.parent / f"{relative.name}_{i:04d}.wav"
     audio = wav[round(clip.start * SAMPLE_RATE) : round(clip.end * SAMPLE_RATE)]
@@ -113,11 +134,14 @@ def _write_clip(path: Path, folder: Path, out: Path, i: int, clip: Span, wav: to
     (out / clip_path).parent.mkdir(parents=True, exist_ok=True)
     save_wav(out / clip_path, audio)
     record = {"path": clip_path.as_posix(), "text": ""}
-    if transcriber is not None:
-        text, words = transcriber(audio)
-        record["text"] = text
-        if words is not None:
-            record["words"] = words
+    if words is not None:
+        record["text"] = text_of(words)
+        record["words"] = [
+            {"word": w.text.strip(), "start": round(w.start - clip.start, 3), "end": round(w.end - clip.start, 3)}
+            for w in words
+        ]
+    elif transcriber is not None:
+        record["text"] = transcriber.text(audio)
     if options.speaker is not None:
         record["speaker"] = options.speaker
     # Not `start`/`end`: to the json reader those would cut a span out of the clip file.
