@@ -326,8 +326,12 @@ def test_evaluate_writes_a_self_contained_report_for_every_model_and_prompt(tmp_
     out = tmp_path / "report"
     args = ["evaluate", *models, "--prompts", str(prompts), "--evaluator", "stopping", "--chars-per-second", "12"]
     args += ["--max-audio-ms", "160", "--seed", "0", "--seed", "1", "--out", str(out), "--device", "cpu"]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, args, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()  # piped: one line a model, however long, never wrapped at 80 columns
+    for model in models:
+        assert any(line.startswith(f"{model}: eval/") and "eval/duration_ratio" in line for line in lines), lines
+    assert f"wrote {out / 'report.json'} and {out / 'report.html'}" in lines
 
     report = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == models

@@ -3,7 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.markup import escape
+
+from csm_adapt.terminal import make_console
 
 DEFAULT_EVALUATORS = ("stopping", "quality")  # need no download
 
@@ -59,7 +61,7 @@ def evaluate(models, prompts, recipe, evaluators, out, max_audio_ms, seeds, batc
 
     if prompts is None and recipe is None:
         raise ConfigError("evaluate: give --prompts FILE or --recipe RECIPE (or both)")
-    console = Console()
+    console = make_console()
     device = pick_device(device, 0)
     settings = {
         key: value
@@ -89,9 +91,9 @@ def evaluate(models, prompts, recipe, evaluators, out, max_audio_ms, seeds, batc
             results.append(ModelResult(model, evaluation.run(speech)))
             del speech
         line = ", ".join(f"{name} {s.mean:.3f}" for name, s in results[-1].result.summary.items())
-        console.print(f"{model}: {line}")
+        console.print(f"{escape(model)}: {line}", highlight=False)
     path = write_report(out, evaluation.cfg, evaluation.prompts, results)
-    console.print(f"[green]wrote[/] {out / 'report.json'} and {path}")
+    console.print(f"[green]wrote[/] {escape(str(out / 'report.json'))} and {escape(str(path))}")
 
 
 def _refs(names):
