@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.plugin_api import Malformed, Sample, Turn
 
@@ -59,6 +61,42 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
             f"{path}:{line}: not {name} (byte 0x{data[e.start]:02x} at column {column}); "
             'convert it or set the reader\'s encoding option (data.reader.encoding, e.g. "latin-1")'
         ) from None
+
+
+@attrs.frozen(kw_only=True)
+class RecordsOptions:
+    """The options every reader of one JSON / JSONL metadata file takes (`json`, `conversation`)."""
+
+    path: Path  # the metadata file: a JSON list, or JSONL
+    encoding: str = attrs.field(default="utf-8", validator=check_encoding)
+    absolute_paths: bool = False  # allow audio paths outside the metadata file's folder
+
+
+class RecordsReader:
+    """Reads `options.path` record by record; a subclass's `sample(record, where)` makes each Sample,
+    and a record it cannot use (a CsmAdaptError) is a Malformed, the others still read."""
+
+    def __init__(self, options: RecordsOptions):
+        self.options = options
+        check_file(options.path, "data.reader.path")
+
+    def read(self) -> Iterator[Sample | Malformed]:
+        path = self.options.path
+        for line, record in read_records(path, self.options.encoding):
+            where = f"{path}:{line}"
+            yield sample_or_malformed(where, self._sample, record, where)
+
+    def sample(self, record: dict, where: str) -> Sample:
+        raise NotImplementedError
+
+    def turn(self, record: dict, where: str) -> Turn:
+        """A Turn from `{text, path, ...}`, its audio path relative to the metadata file's folder."""
+        return turn_from_record(record, self.options.path.parent, where, absolute_paths=self.options.absolute_paths)
+
+    def _sample(self, record: dict | RecordError, where: str) -> Sample:
+        if isinstance(record, RecordError):
+            raise record
+        return self.sample(record, where)
 
 
 def sample_or_malformed(where: str, build: Callable[..., Sample], *args) -> Sample | Malformed:
@@ -155,19 +193,6 @@ def inside_root(root: Path, relative: str, where: str, absolute_paths: bool | No
     if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
         raise RecordError(
             f"{where}: audio path {relative!r} leads outside the dataset folder {root}; refused{hint}",
-            "path outside root",
-        )
-    return path
-    if Path(relative).is_absolute():
-        raise RecordError(
-            f"{where}: absolute audio path {relative!r}; set the reader's absolute_paths = true "
-            "if the metadata uses absolute paths on purpose",
-            "path outside root",
-        )
-    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
-        raise RecordError(
-            f"{where}: audio path {relative!r} leads outside the dataset folder {root}; refused "
-            "(set the reader's absolute_paths = true to allow any path)",
             "path outside root",
         )
     return path

@@ -21,23 +21,14 @@ Prepare splits a dialogue longer than `data.max_rows` at turn boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Malformed, Sample, Turn
-from csm_adapt_plugins._records import (
-    RecordError,
-    check_encoding,
-    check_file,
-    read_records,
-    sample_or_malformed,
-    turn_from_record,
-)
+from csm_adapt.plugin_api import Sample, Turn
+from csm_adapt_plugins._records import RecordsOptions, RecordsReader
 
 
 def _speakers_match_mode(instance, attribute, value) -> None:
@@ -46,29 +37,15 @@ def _speakers_match_mode(instance, attribute, value) -> None:
 
 
 @attrs.frozen(kw_only=True)
-class ConversationOptions:
-    path: Path  # the dialogues file: JSONL or a JSON list
+class ConversationOptions(RecordsOptions):
     targets: Literal["flagged", "all", "last", "speakers"] = "flagged"
     target_speakers: tuple[int, ...] = attrs.field(default=(), validator=_speakers_match_mode)
-    encoding: str = attrs.field(default="utf-8", validator=check_encoding)
-    absolute_paths: bool = False  # allow audio paths outside the dialogues file's folder
 
 
-class ConversationReader:
-    def __init__(self, options: ConversationOptions):
-        self.options = options
-        check_file(options.path, "data.reader.path")
+class ConversationReader(RecordsReader):
+    options: ConversationOptions
 
-    def read(self) -> Iterator[Sample | Malformed]:
-        path = self.options.path
-        for line, record in read_records(path, self.options.encoding):
-            where = f"{path}:{line}"
-            yield sample_or_malformed(where, self._sample, record, where)
-
-    def _sample(self, record: dict | RecordError, where: str) -> Sample:
-        if isinstance(record, RecordError):
-            raise record
-        path = self.options.path
+    def sample(self, record: dict, where: str) -> Sample:
         dialogue_id, turns = record.get("id"), record.get("turns")
         if not isinstance(dialogue_id, str) or not dialogue_id:
             raise CsmAdaptError(f"{where}: key 'id': expected a non-empty str, got {dialogue_id!r}")
@@ -79,7 +56,7 @@ class ConversationReader:
             turn_where = f"{where}: turns[{i}]"
             if not isinstance(raw, dict):
                 raise CsmAdaptError(f"{turn_where}: expected an object, got {type(raw).__name__}")
-            turn = turn_from_record(raw, path.parent, turn_where, absolute_paths=self.options.absolute_paths)
+            turn = self.turn(raw, turn_where)
             is_last = i == len(turns) - 1
             parsed.append(attrs.evolve(turn, target=self._is_target(turn, raw, is_last, turn_where)))
         return Sample(id=dialogue_id, turns=tuple(parsed), source=where)

@@ -14,46 +14,24 @@ rejected (rejects.jsonl) and the others are kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 from csm_adapt import hookimpl
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.plugin_api import Malformed, Sample
-from csm_adapt_plugins._records import (
-    RecordError,
-    check_encoding,
-    check_file,
-    read_records,
-    sample_or_malformed,
-    turn_from_record,
-)
+from csm_adapt.plugin_api import Sample
+from csm_adapt_plugins._records import RecordsOptions, RecordsReader
 
 
-@attrs.frozen
-class JsonOptions:
-    path: Path  # the metadata file: a JSON list, or JSONL
-    encoding: str = attrs.field(default="utf-8", validator=check_encoding)
-    absolute_paths: bool = False  # allow audio paths outside the metadata file's folder
+@attrs.frozen(kw_only=True)
+class JsonOptions(RecordsOptions):
+    pass
 
 
-class JsonReader:
-    def __init__(self, options: JsonOptions):
-        self.options = options
-        check_file(options.path, "data.reader.path")
-
-    def read(self) -> Iterator[Sample | Malformed]:
-        path = self.options.path
-        for line, record in read_records(path, self.options.encoding):
-            where = f"{path}:{line}"
-            yield sample_or_malformed(where, self._sample, record, where)
-
-    def _sample(self, record: dict | RecordError, where: str) -> Sample:
-        if isinstance(record, RecordError):
-            raise record
-        turn = turn_from_record(record, self.options.path.parent, where, absolute_paths=self.options.absolute_paths)
+class JsonReader(RecordsReader):
+    def sample(self, record: dict, where: str) -> Sample:
+        turn = self.turn(record, where)
         return Sample(id=_sample_id(record, turn.start, where), turns=(turn,), source=where)
 
 
