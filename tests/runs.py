@@ -9,6 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "recipes" / "demo_data"
 
 # A micro model trained a few steps on LJSpeech-layout clips, logging every step to metrics.jsonl.
+# The one recipe template of the tests' training runs (the fault suite's too, tests/faults/faultkit.py).
 TRAIN_RECIPE = """
 plugins = {plugins}
 
@@ -20,9 +21,9 @@ audio_codec = "offline"
 [data]
 out = "{data}"
 max_rows = 512
-val_fraction = 0.2
-shard_samples = 100
-
+val_fraction = {val_fraction}
+shard_samples = {shard_samples}
+{data_extra}
 [data.reader]
 name = "ljspeech"
 root = "{root}"
@@ -32,7 +33,7 @@ speakers = "{speakers}"
 strategy = "{strategy}"
 
 [train]
-steps = 8
+steps = {steps}
 rows_per_step = 1024
 rows_per_micro_batch = 512
 lr = 3e-3
@@ -41,9 +42,9 @@ precision = "fp32"
 device = "cpu"
 num_workers = 0
 log_every = 1
-val_every = 4
-checkpoint_every = 4
-
+val_every = {val_every}
+checkpoint_every = {checkpoint_every}
+{train_extra}
 [[loggers]]
 name = "jsonl"
 {extra}
@@ -52,17 +53,36 @@ run_dir = "{run_dir}"
 """
 
 
-def write_train_recipe(directory: Path, dataset: Path, *, run_dir: Path, strategy="full", plugins=(), extra="") -> Path:
-    """`directory`/recipe.toml training on `dataset` (an LJSpeech folder; its shards in `prepared/`).
+def write_train_recipe(
+    where: Path,
+    dataset: Path,
+    *,
+    run_dir: Path,
+    data: Path | None = None,
+    strategy="full",
+    plugins=(),
+    extra="",
+    data_extra="",
+    train_extra="",
+    steps=8,
+    val_fraction=0.2,
+    shard_samples=100,
+    val_every=4,
+    checkpoint_every=4,
+) -> Path:
+    """A recipe training on `dataset` (an LJSpeech folder), written to `where` (a .toml file, or a
+    folder to hold recipe.toml); returns its path. Shards go to `data` (default: `dataset`/prepared).
 
-    `plugins` are local plugin specs, `extra` TOML appended after the jsonl logger (more loggers,
-    a [samples] table...).
+    `plugins` are local plugin specs; `data_extra` and `train_extra` are TOML lines added to [data]
+    and [train]; `extra` is TOML appended after the jsonl logger (more loggers, a [samples] table...).
     """
-    path = Path(directory) / "recipe.toml"
+    path = Path(where) if Path(where).suffix == ".toml" else Path(where) / "recipe.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = TRAIN_RECIPE.format(
-        plugins=json.dumps(list(plugins)), data=Path(dataset) / "prepared", root=dataset,
+        plugins=json.dumps(list(plugins)), data=data or Path(dataset) / "prepared", root=dataset,
         speakers=DEMO_DATA / "speakers.json", strategy=strategy, extra=extra, run_dir=run_dir,
+        data_extra=data_extra, train_extra=train_extra, steps=steps, val_fraction=val_fraction,
+        shard_samples=shard_samples, val_every=val_every, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     path.write_text(text, "utf-8")
     return path

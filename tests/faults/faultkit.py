@@ -13,61 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runs import write_train_recipe  # tests/runs.py
+
 REPO = Path(__file__).parents[2]
 DEMO = REPO / "recipes" / "demo_data"
 
-RECIPE = """
-[model]
-config = "micro"
-text_tokenizer = "offline"
-audio_codec = "offline"
-
-[data]
-out = "{data}"
-max_rows = 512
-val_fraction = 0.25
-shard_samples = {shard_samples}
-{data_extra}
-[data.reader]
-name = "ljspeech"
-root = "{root}"
-speakers = "{speakers}"
-
-[loss]
-strategy = "amortized"
-
-[train]
-steps = {steps}
-rows_per_step = 1024
-rows_per_micro_batch = 512
-lr = 3e-3
-warmup_steps = 2
-precision = "fp32"
-device = "cpu"
-num_workers = 0
-log_every = 1
-val_every = 3
-checkpoint_every = 2
-keep_last = 10
-
-[[loggers]]
-name = "jsonl"
-
-[output]
-run_dir = "{run_dir}"
-"""
+# The suite's runs on the micro model (tests/runs.py writes the recipe): 6 steps of the amortized
+# loss, a checkpoint every 2 steps and all of them kept, so that a kill can land between any two.
+FAULT_RUN = {
+    "strategy": "amortized", "val_fraction": 0.25, "steps": 6, "val_every": 3, "checkpoint_every": 2,
+    "train_extra": "keep_last = 10",
+}  # fmt: skip
 
 
-def write_recipe(path: Path, dataset: Path, *, data: Path, run_dir: Path, steps=6, shard_samples=100, data_extra=""):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        RECIPE.format(
-            data=data, root=dataset, speakers=DEMO / "speakers.json", steps=steps, run_dir=run_dir,
-            shard_samples=shard_samples, data_extra=data_extra,
-        ),
-        "utf-8",
-    )  # fmt: skip
-    return path
+def write_recipe(path: Path, dataset: Path, *, data: Path, run_dir: Path, **settings) -> Path:
+    """`path`: a fault-suite recipe training on `dataset`, its shards in `data` (`settings` override FAULT_RUN's)."""
+    return write_train_recipe(path, dataset, data=data, run_dir=run_dir, **{**FAULT_RUN, **settings})
 
 
 def demo_subset(root: Path, clips: int) -> Path:
