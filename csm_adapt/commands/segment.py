@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from csm_adapt.terminal import make_console
 
 
 @click.command()
@@ -36,7 +37,7 @@ def segment(recordings: Path, out: Path, **options) -> None:
     """
     from csm_adapt.segment.segmenter import METADATA, SegmentOptions, segment_folder
 
-    console = Console()
+    console = make_console()
     with console.status("segmenting") as status:
         summary = segment_folder(
             recordings, out, SegmentOptions(**options), progress=lambda name: status.update(f"segmenting {name}")
@@ -52,6 +53,6 @@ def segment(recordings: Path, out: Path, **options) -> None:
         table.add_row(f"  {bin_} s", str(count))
     console.print(table)
     for failure in summary["failed"]:
-        console.print(f"[yellow]skipped[/] {escape(failure['detail'])}", soft_wrap=True)
-    console.print(f"clips and metadata: {escape(str(out))}", soft_wrap=True)
-    console.print(escape(f'read them with: [data.reader] name = "json", path = "{out / METADATA}"'), soft_wrap=True)
+        console.print(f"[yellow]skipped[/] {escape(failure['detail'])}")
+    console.print(f"clips and metadata: {escape(str(out))}")
+    console.print(escape(f'read them with: [data.reader] name = "json", path = "{out / METADATA}"'))
