@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from click.testing import CliRunner
 from rich.console import Console
 
+from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe, recipe_to_toml
 from csm_adapt.config.schema import DataConfig, ModelConfig, ReaderRef
 from csm_adapt.config.structure import Url
@@ -30,6 +32,7 @@ from csm_adapt.evaluation.prompts import val_prompts
 from csm_adapt.model.audio_codec import AudioCodec
 from csm_adapt.model.text_tokenizer import TextTokenizer
 from csm_adapt_plugins.json_reader import JsonOptions, JsonReader
+from runs import read_metrics, write_train_recipe  # tests/runs.py
 
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
@@ -318,3 +321,19 @@ def test_two_ranks_under_torchrun_prepare_to_s3_as_one_process_does(s3, clips, t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert objects(s3, "ranks") == files(local.out)
     assert unfinished_uploads(s3) == []
+
+
+def test_run_prepares_to_s3_then_trains_validates_and_evaluates_streaming_from_it(s3, tmp_path, demo_clips):
+    evaluation = '[eval]\nevery = 4\nmax_prompts = 2\nmax_audio_ms = 240\n[[eval.evaluators]]\nname = "stopping"\n'
+    recipe = write_train_recipe(tmp_path, demo_clips(6), run_dir=tmp_path / "run", extra=evaluation)
+    endpoint = s3["endpoint_url"]
+    # As the README shows it: the URL and the endpoint as overrides, the credentials in the environment.
+    overrides = ["data.out=s3://bucket/run-data", f'data.storage_options={{endpoint_url="{endpoint}"}}']
+    result = CliRunner().invoke(cli, ["run", str(recipe), *overrides, "train.steps=4"])
+    assert result.exit_code == 0, result.output
+    assert "s3://bucket/run-data/" in result.output  # the closing list names the data where they are
+    assert {"index.json", "rejects.jsonl", "train-000000.tar", "val-000000.tar"} == set(objects(s3, "run-data"))
+    run_dir = tmp_path / "run"
+    assert sorted(read_metrics(run_dir, "val/loss")) == [4] and sorted(read_metrics(run_dir, "eval/eos")) == [4]
+    saved = load_recipe(run_dir / "recipe.toml")
+    assert saved.data.out == "s3://bucket/run-data" and saved.data.storage_options == {"endpoint_url": endpoint}
