@@ -160,6 +160,9 @@ def test_prepare_to_s3_killed_mid_upload_resumes_to_the_same_files_and_training_
     left = objects(s3, "prepared")
     assert sorted(left) == [".progress/recipe.json", ".progress/train-000000.tar.json", "train-000000.tar"]
     assert unfinished_uploads(s3) == ["prepared/train-000001.tar"]
+    # Someone else's upload under the same prefix: not prepare's to abort.
+    fs = s3fs.S3FileSystem(**s3)
+    theirs = fs.call_s3("create_multipart_upload", Bucket="bucket", Key="prepared/notes.bin")
 
     monkeypatch.setattr(RemoteStore, "_upload", real_upload)
     uploaded = []
@@ -173,7 +176,8 @@ def test_prepare_to_s3_killed_mid_upload_resumes_to_the_same_files_and_training_
     # Byte for byte the files of a local prepare (index.json included), and nothing else: no
     # progress records, no lock, no unfinished upload.
     assert objects(s3, "prepared") == files(local.out)
-    assert unfinished_uploads(s3) == []
+    assert unfinished_uploads(s3) == ["prepared/notes.bin"]
+    fs.call_s3("abort_multipart_upload", Bucket="bucket", Key="prepared/notes.bin", UploadId=theirs["UploadId"])
     assert index["splits"] == reference["splits"]
 
     # Training, validation and evaluation read it back, the same batches as from the local folder.
@@ -187,7 +191,6 @@ def test_prepare_to_s3_killed_mid_upload_resumes_to_the_same_files_and_training_
     assert [p.text for p in val_prompts(store, 5)] == [p.text for p in val_prompts(local.out, 5)]
 
     # Verified while streaming: a shard damaged in place (same size) is named by its URL.
-    fs = s3fs.S3FileSystem(**s3)
     damaged = bytearray(fs.cat_file("bucket/prepared/val-000000.tar"))
     damaged[700] ^= 0xFF
     fs.pipe_file("bucket/prepared/val-000000.tar", bytes(damaged))

@@ -26,6 +26,7 @@ part changed is refused rather than mixed with old shards, unless `rebuild` is s
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import json
@@ -148,7 +149,7 @@ def prepare(
                 if rebuild:
                     _clear(store)
                 for folder in ("", PROGRESS):
-                    store.remove_stale_temps(folder)
+                    store.remove_stale_temps(folder, owned=_written_by_prepare)
                 _write_json(store, f"{PROGRESS}/recipe.json", {"data_hash": digest, "data": recipe})
             ranks.barrier()
             if not rebuild and prepared_is_current(data, model, store):  # another process finished it while we waited
@@ -397,6 +398,12 @@ def _clear(store: Store) -> None:
     for name in (INDEX, REJECTS):
         store.remove(name)
     store.remove_tree(PROGRESS)
+
+
+def _written_by_prepare(name: str) -> bool:
+    """Whether `name` (relative to data.out) is one of the files prepare writes."""
+    patterns = (*(f"{split}-*.tar" for split in SPLITS), INDEX, REJECTS, f"{PROGRESS}/*")
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _write_json(store: Store, name: str, value: Any) -> None:

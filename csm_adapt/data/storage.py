@@ -109,7 +109,8 @@ class LocalStore:
     def remove_tree(self, name: str) -> None:
         shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def remove_stale_temps(self, folder: str = "") -> list[str]:
+    def remove_stale_temps(self, folder: str = "", owned: Callable[[str], bool] | None = None) -> list[str]:
+        """Delete the temporary files of killed writers in `folder` (`owned`: see RemoteStore's)."""
         return [str(p) for p in remove_stale_temps(self.root / folder)]
 
     def lock(self, what: str) -> DirLock:
@@ -238,9 +239,11 @@ class RemoteStore:
             self.fs.rm(self._path(name), recursive=True)
         self.fs.invalidate_cache(self._path(name))
 
-    def remove_stale_temps(self, folder: str = "") -> list[str]:
+    def remove_stale_temps(self, folder: str = "", owned: Callable[[str], bool] | None = None) -> list[str]:
         """Delete temporary objects and unfinished uploads of killed writers under `folder`; call it
-        while holding the lock (then every one of them is a leftover)."""
+        while holding the lock (then every one of them is a leftover). `owned(name)` says which
+        names (relative to the store) are the writer's, so that uploads of others to the same bucket
+        (say, with data.out at its root) are left alone; default: all."""
         removed = []
         prefix = self._path(folder)
         with self._calls(folder):
@@ -253,19 +256,22 @@ class RemoteStore:
                 if is_temp_name(path.rsplit("/", 1)[-1]):
                     self.fs.rm_file(path)
                     removed.append(self.fs.unstrip_protocol(path))
-            removed += self._abort_uploads(prefix)
+            removed += self._abort_uploads(prefix, owned or (lambda name: True))
         return removed
 
-    def _abort_uploads(self, prefix: str) -> list[str]:
-        """Abort S3 multipart uploads left under `prefix` by a killed writer (s3fs only)."""
+    def _abort_uploads(self, prefix: str, owned: Callable[[str], bool]) -> list[str]:
+        """Abort the S3 multipart uploads of `owned` names left under `prefix` by a killed writer."""
         if self.protocol not in ("s3", "s3a") or not hasattr(self.fs, "call_s3"):
             return []
         bucket, _, key_prefix = prefix.partition("/")
         key_prefix = key_prefix.rstrip("/") + "/" if key_prefix else ""
         aborted = []
         listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key_prefix)
+        root = self._path("").partition("/")[2]
         for upload in listed.get("Uploads", []):
             key = upload["Key"]
+            if not owned(key.removeprefix(root + "/" if root else "")):
+                continue
             self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
             aborted.append(f"{self.protocol}://{bucket}/{key} (unfinished upload)")
         return aborted
