@@ -63,8 +63,6 @@ class StorageError(CsmAdaptError):
 class LocalStore:
     """A folder on this machine's file system."""
 
-    is_remote = False
-
     def __init__(self, root: Path):
         self.root = Path(root)
 
@@ -123,8 +121,6 @@ class LocalStore:
 class RemoteStore:
     """A folder at a URL, through fsspec. Picklable: the filesystem is made again in each process
     (fsspec's async clients do not survive a fork into DataLoader workers)."""
-
-    is_remote = True
 
     def __init__(self, url: str, options: dict[str, Any] | None = None):
         self.url = str(url).rstrip("/")
