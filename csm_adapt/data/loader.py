@@ -21,8 +21,9 @@ Shards are read from a folder or streamed from a URL (`csm_adapt.data.storage`; 
 either, or an open store carrying `data.storage_options`), with the same checks.
 
 Nothing is read silently wrong: shard sizes are checked against index.json before training starts
-(a stat per shard; for a URL, one listing), and each shard is read whole and checked against its sha256 and sample count
-before any of its samples is used (its cost: benchmarks/RESULTS.md, "Shard verification").
+(a stat per shard; for a URL, one listing), and each shard is read whole and checked against its
+sha256 and sample count before any of its samples is used (its cost: benchmarks/RESULTS.md, "Shard
+verification").
 A damaged shard stops the run, naming the shard and how to rebuild it, or, with
 `on_corrupt="skip"` (`data.on_corrupt`), is left out, counted and reported. Decoded samples are
 checked for shapes and code ranges, so a bad sample is named instead of failing deep in the loss.
