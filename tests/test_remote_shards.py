@@ -238,6 +238,15 @@ def test_one_prepare_per_url_on_one_machine_and_across_machines(s3, clips, front
     )
     assert "delete s3://bucket/elsewhere/.lock" in str(refused.value)
     assert list(objects(s3, "elsewhere")) == [".lock"]
+    # Another user of this machine (their own local lock): refused while their process lives.
+    shared = data(clips, Url("s3://bucket/shared-host"), s3)
+    theirs = {"host": socket.gethostname(), "user": os.getuid() + 1, "pid": os.getpid(), "since": "then"}
+    fs.pipe_file("bucket/shared-host/.lock", json.dumps(theirs).encode())
+    with pytest.raises(CsmAdaptError, match=rf"in use by another csm-adapt prepare \(PID {os.getpid()} on "):
+        prepare(shared, MODEL, console=QUIET, frontend=frontend)
+    fs.pipe_file("bucket/shared-host/.lock", json.dumps({**theirs, "pid": holder.pid}).encode())  # died
+    prepare(shared, MODEL, console=QUIET, frontend=frontend)
+    assert ".lock" not in objects(s3, "shared-host") and "index.json" in objects(s3, "shared-host")
     # The exclusive create is atomic on S3 (If-None-Match): a second create of the object fails.
     with pytest.raises(FileExistsError):
         fs.pipe_file("bucket/elsewhere/.lock", b"{}", mode="create")

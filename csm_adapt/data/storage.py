@@ -285,6 +285,7 @@ class RemoteStore:
     def _take_lock_object(self, what: str) -> None:
         me = {
             "host": socket.gethostname(),
+            "user": os.getuid(),
             "pid": os.getpid(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -301,8 +302,9 @@ class RemoteStore:
                 continue
             except ValueError:
                 holder = {}
-            if holder.get("host") == me["host"]:
-                # This machine's lock on the URL is ours: that holder has died. Take its place.
+            if holder.get("host") == me["host"] and (holder.get("user") == me["user"] or not _alive(holder.get("pid"))):
+                # This user's OS lock on the URL is ours (the local lock is per user), or the holder's
+                # process is gone: the holder has died. Take its place.
                 self.remove(LOCK_FILE)
                 continue
             raise LockedError(
@@ -359,6 +361,19 @@ def _filesystem(url: str, options: dict[str, Any]):
     except TypeError as e:  # an option the filesystem does not take
         raise StorageError(f"{url}: data.storage_options: {e}") from None
     return fs, root.rstrip("/")
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user's counts)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _local_lock_dir(url: str) -> Path:
