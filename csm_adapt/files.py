@@ -22,6 +22,11 @@ LOCK_FILE = ".lock"
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
+def is_temp_name(name: str) -> bool:
+    """True for a name `temp_path` gives (of any process)."""
+    return _TEMP.match(name) is not None
+
+
 def temp_path(path: Path) -> Path:
     """Where to write `path` before renaming it into place (one name per process)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -73,12 +78,14 @@ class DirLock:
     The lock lives in `<directory>/.lock`, which records the holder's PID for the refusal message.
     The kernel drops the lock when the process dies, so a crash never leaves a stale lock behind.
     Re-entrant within a process: a nested DirLock on a directory this process holds is a no-op.
+    `label` names what the lock stands for in the refusal message (default: the directory).
     """
 
     _held: dict[Path, int] = {}  # this process's locks: directory -> lock file descriptor
 
-    def __init__(self, directory: Path, what: str):
+    def __init__(self, directory: Path, what: str, label: str | None = None):
         self.directory, self.what = Path(directory).absolute(), what
+        self.label = label or str(self.directory)
         self._fd: int | None = None
 
     def acquire(self) -> DirLock:
@@ -94,7 +101,7 @@ class DirLock:
                 holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
                 raise LockedError(
-                    f"{self.directory} is in use by another {self.what} (PID {holder}); "
+                    f"{self.label} is in use by another {self.what} (PID {holder}); "
                     "wait for it to finish or stop it, or use another directory"
                 ) from None
             # The holder before us may have unlinked the file after we opened it: lock the live one.

@@ -31,9 +31,12 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def run_report(run_dir: Path, data_dir: Path) -> list[tuple[str, str]]:
-    """(path, what it holds) for what a finished run left in `run_dir`, and its data in `data_dir`."""
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
+def run_report(run_dir: Path, data_dir: Path | str) -> list[tuple[str, str]]:
+    """(path, what it holds) for what a finished run left in `run_dir`, and its data in `data_dir`
+    (a folder, or a URL: listed as written)."""
+    url = data_dir.rstrip("/") + "/" if isinstance(data_dir, str) and "://" in data_dir else None
+    # With a URL, a data_dir that matches no entry of run_dir.
+    run_dir, data_dir = Path(run_dir), Path(run_dir) / ".." if url else Path(data_dir)
     entries: list[tuple[Path, str]] = []
     order = {"recipe.toml": 0, data_dir.name: 1, "checkpoints": 2, "samples": 3}
     for path in sorted(run_dir.iterdir(), key=lambda p: (order.get(p.name, 4), p.name)):
@@ -52,9 +55,10 @@ def run_report(run_dir: Path, data_dir: Path) -> list[tuple[str, str]]:
             entries.append((path, DATA))
         elif not name.startswith("."):
             entries.append((path, DESCRIPTIONS.get(name, "").format(run_dir=shown(run_dir))))
-    if data_dir.parent != run_dir:
+    if url is None and data_dir.parent != run_dir:
         entries.insert(1, (data_dir, DATA))
-    return [(shown(path) + (os.sep if path.is_dir() else ""), what) for path, what in entries]
+    lines = [(shown(path) + (os.sep if path.is_dir() else ""), what) for path, what in entries]
+    return lines[:1] + [(url, DATA)] + lines[1:] if url else lines
 
 
 def format_report(entries: list[tuple[str, str]]) -> list[str]:

@@ -7,6 +7,7 @@ Relative paths: what a recipe reads (data, plugin files, local checkpoints and t
 audio) is found relative to the recipe file's folder, so a recipe folder can be moved and run from
 anywhere; what a run writes (`data.out`, `output.run_dir`, `sweep.dir`) goes relative to the
 directory it runs from; a path given as a `key=value` override is relative to that directory too.
+A URL (`data.out = "s3://bucket/prefix"`) is never relative to anything: it is kept as written.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from csm_adapt.config.objective import Objective, objective_validator
-from csm_adapt.config.structure import OUTPUT, SOURCE
+from csm_adapt.config.structure import OUTPUT, SOURCE, Url
 from csm_adapt.config.sweep import SweepConfig
 from csm_adapt.errors import ConfigError, SampleError
 from csm_adapt.model.config import MODEL_CONFIGS
@@ -131,7 +131,10 @@ class ModelConfig:
 @attrs.frozen(kw_only=True)
 class DataConfig:
     reader: ReaderRef
-    out: Path = attrs.field(metadata=OUTPUT)  # where the prepared shards go
+    # Where the prepared shards go: a folder, or a URL fsspec opens (s3://bucket/prefix; docs/data-format.md).
+    out: Url | Path = attrs.field(metadata=OUTPUT)
+    # With a URL `out`: keyword arguments of its fsspec filesystem (endpoint_url, profile, ...).
+    storage_options: dict[str, Any] | None = None
     max_rows: int = attrs.field(default=2048, validator=_positive)  # longer samples are rejected
     # Validation: the samples of `val_reader` when given, else this fraction of `reader`'s
     # clips (or speakers, `val_by`), chosen by hashing their id (or speaker) with `seed`.

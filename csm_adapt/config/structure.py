@@ -3,6 +3,7 @@
 This is the one way configs are built from dicts in the project. Every error names the full key
 path (`train.lr: expected float, got str "abc"`); unknown keys are rejected with the valid ones.
 Supported field types: attrs classes, str/int/float/bool (an int is accepted for a float), Path,
+Url (a `scheme://...` string, kept as written: never made relative; `Url | Path` takes either),
 Literal, `X | None` and other unions, list[X], tuple[X, ...], dict[str, X] and Any;
 `unsupported_fields` lists the fields of a class that use anything else.
 Relative paths are made absolute, so a saved config means the same thing wherever it is loaded
@@ -16,6 +17,7 @@ default to None: `to_dict` drops None values (TOML has no null).
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -36,6 +38,18 @@ ToDictHooks = Mapping[type, Callable[[Any], Any]]
 PATH_KIND = "csm_adapt_path"
 OUTPUT = {PATH_KIND: "output"}
 SOURCE = {PATH_KIND: "source"}
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class Url(str):
+    """A `scheme://...` location (`s3://bucket/prefix`, `hf://datasets/...`): kept as written, never
+    resolved against a folder as a Path is."""
+
+
+def is_url(value: object) -> bool:
+    """True for a `scheme://...` string (a Url, or a str shaped like one); never for a Path."""
+    return isinstance(value, str) and _URL.match(value) is not None
 
 
 def from_dict(
@@ -67,7 +81,7 @@ def to_dict(obj: Any, hooks: ToDictHooks | None = None) -> Any:
         return [to_dict(item, hooks) for item in obj]
     if isinstance(obj, dict):
         return {key: to_dict(value, hooks) for key, value in obj.items() if value is not None}
-    if isinstance(obj, Path):
+    if isinstance(obj, (Path, Url)):
         return str(obj)
     return obj
 
@@ -86,7 +100,7 @@ def unsupported_fields(cls: type, path: str = "") -> list[str]:
 
 
 def _problems(tp: Any, path: str) -> list[str]:
-    if tp is Any or tp in (str, int, float, bool, Path):
+    if tp is Any or tp in (str, int, float, bool, Path, Url):
         return []
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
@@ -234,6 +248,9 @@ class _Builder:
             if isinstance(value, str):
                 base = self._base(path) or Path.cwd()
                 return Path(os.path.normpath(base / Path(value).expanduser()))
+        elif tp is Url:
+            if is_url(value):
+                return Url(value)
         elif tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
@@ -245,5 +262,5 @@ class _Builder:
                 return value
         else:
             raise TypeError(f"from_dict cannot build {tp!r} (at {path})")
-        expected = "str (a path)" if tp is Path else tp.__name__
+        expected = {Path: "str (a path)", Url: "str (a URL, scheme://...)"}.get(tp, tp.__name__)
         raise ConfigError(f"{path}: expected {expected}, got {describe(value)}")

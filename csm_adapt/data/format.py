@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from csm_adapt.config.structure import from_dict
+from csm_adapt.data.storage import Store, member, open_store
 from csm_adapt.errors import ConfigError, CsmAdaptError
 
 # Version 2 added each shard's byte size and sha256 (so that readers can verify shards) and moved
@@ -120,8 +121,9 @@ def _plain(instance, attribute, value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def index_path(data_dir: Path) -> Path:
-    return Path(data_dir) / INDEX
+def index_path(data_dir: Path | str | Store) -> Path | str:
+    """index.json of a folder or URL, for messages."""
+    return member(data_dir, INDEX)
 
 
 def dump_index(index: Index) -> str:
@@ -129,13 +131,14 @@ def dump_index(index: Index) -> str:
     return json.dumps(index.to_json(), ensure_ascii=False, indent=1) + "\n"
 
 
-def read_index(data_dir: Path) -> Index:
-    """The parsed, checked index.json of `data_dir`."""
-    path = index_path(data_dir)
-    if not path.is_file():
-        raise CsmAdaptError(f"{path}: not found; run `csm-adapt prepare` first")
+def read_index(data_dir: Path | str | Store) -> Index:
+    """The parsed, checked index.json of `data_dir` (a folder, a URL or an open store)."""
+    store = open_store(data_dir)
+    path = store.member(INDEX)
     try:
-        raw = json.loads(path.read_text("utf-8"))
+        raw = json.loads(store.read_bytes(INDEX).decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise CsmAdaptError(f"{path}: not found; run `csm-adapt prepare` first") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CsmAdaptError(f"{path}: corrupt ({e}); run `csm-adapt prepare RECIPE --rebuild`") from None
     version = raw.get("version") if isinstance(raw, dict) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from csm_adapt.data.format import REJECTS
+from csm_adapt.data.storage import Store, member
 from csm_adapt.errors import CsmAdaptError
 
 
@@ -20,11 +21,11 @@ def rejects_summary(summary: dict) -> str:
     return f"{text} ({reasons})" if reasons else text
 
 
-def check_kept(summary: dict, out: Path, split: str = "train") -> None:
-    """Fail when `split` of the prepared data in `out` kept no sample (`summary`: index.json's)."""
+def check_kept(summary: dict, out: Path | str | Store, split: str = "train") -> None:
+    """Fail when `split` of the prepared data in `out` (a folder or URL) kept no sample (`summary`: index.json's)."""
     if summary.get("kept", {}).get(split, 0) > 0:
         return
     raise CsmAdaptError(
         f"{out}: the prepared data kept no {split} samples: {rejects_summary(summary)}; "
-        f"why, clip by clip: {Path(out) / REJECTS}"
+        f"why, clip by clip: {member(out, REJECTS)}"
     )

@@ -17,9 +17,13 @@ seed. A consequence: each worker runs its own epochs, and the state to resume fr
 Validation (`ValLoader`): the whole val split, in order, unshuffled, read fully by every rank, so
 every rank computes the same validation loss without any communication.
 
+Shards are read from a folder or streamed from a URL (`csm_adapt.data.storage`; `data_dir` may be
+either, or an open store carrying `data.storage_options`), with the same checks.
+
 Nothing is read silently wrong: shard sizes are checked against index.json before training starts
-(a stat per shard), and each shard is read whole and checked against its sha256 and sample count
-before any of its samples is used (its cost: benchmarks/RESULTS.md, "Shard verification").
+(a stat per shard; for a URL, one listing), and each shard is read whole and checked against its
+sha256 and sample count before any of its samples is used (its cost: benchmarks/RESULTS.md, "Shard
+verification").
 A damaged shard stops the run, naming the shard and how to rebuild it, or, with
 `on_corrupt="skip"` (`data.on_corrupt`), is left out, counted and reported. Decoded samples are
 checked for shapes and code ranges, so a bad sample is named instead of failing deep in the loss.
@@ -51,6 +55,7 @@ from csm_adapt.data.format import read_index
 from csm_adapt.data.kept import check_kept
 from csm_adapt.data.packing import Packer
 from csm_adapt.data.ranks import rank_and_world
+from csm_adapt.data.storage import Store, open_store
 from csm_adapt.errors import CsmAdaptError
 
 OnCorrupt = Literal["stop", "skip"]
@@ -60,7 +65,7 @@ class ShardError(CsmAdaptError):
     """A shard that does not match index.json (truncated, corrupted or replaced)."""
 
 
-def _damaged(path: Path, why: str) -> ShardError:
+def _damaged(path: Path | str, why: str) -> ShardError:
     return ShardError(
         f"{path}: damaged shard ({why}). Rebuild the data with `csm-adapt prepare RECIPE --rebuild`, "
         'or set data.on_corrupt = "skip" to train without this shard'
@@ -76,8 +81,12 @@ def _report_skip(error: ShardError, skipped: set[str]) -> None:
 
 @attrs.frozen
 class _Shard:
-    path: Path
+    store: Store = attrs.field(eq=False)
     entry: fmt.ShardEntry
+
+    @property
+    def path(self) -> Path | str:
+        return self.store.member(self.entry.name)
 
 
 @attrs.frozen
@@ -90,14 +99,16 @@ class _Split:
     on_corrupt: OnCorrupt
 
     @classmethod
-    def read(cls, data_dir: Path, split: str, on_corrupt: OnCorrupt = "stop") -> _Split:
-        index = read_index(data_dir)
+    def read(cls, data_dir: Path | str | Store, split: str, on_corrupt: OnCorrupt = "stop") -> _Split:
+        store = open_store(data_dir)
+        index = read_index(store)
         entries = [s for s in index.split(split).shards if s.samples > 0]
+        sizes = store.sizes() if entries else {}
         shards, skipped = [], set()
         for entry in entries:
-            shard = _Shard(Path(data_dir) / entry.name, entry)
+            shard = _Shard(store, entry)
             try:
-                _check_size(shard)
+                _check_size(shard, sizes.get(entry.name))
             except ShardError as e:
                 if on_corrupt == "stop":
                     raise
@@ -106,7 +117,7 @@ class _Split:
             shards.append(shard)
         if not shards:
             if not entries:
-                check_kept(index.summary, Path(data_dir), split)  # names the reject reasons when nothing was kept
+                check_kept(index.summary, store, split)  # names the reject reasons when nothing was kept
             what = "no undamaged samples" if entries else "no samples"
             raise CsmAdaptError(f"{fmt.index_path(data_dir)}: split {split!r} has {what}")
         return cls(
@@ -124,19 +135,21 @@ class _Split:
             )
 
 
-def _check_size(shard: _Shard) -> None:
-    try:
-        size = shard.path.stat().st_size
-    except FileNotFoundError:
-        raise _damaged(shard.path, "missing") from None
+def _check_size(shard: _Shard, size: int | None) -> None:
+    """`size`: the shard's size in bytes, None when it is missing."""
+    if size is None:
+        raise _damaged(shard.path, "missing")
     if size != shard.entry.bytes:
         raise _damaged(shard.path, f"{size} bytes, index.json says {shard.entry.bytes}")
 
 
 def _shard_members(shard: _Shard) -> list[dict]:
     """The shard's samples as {member: bytes, "__key__", "__url__"}, once its bytes are verified."""
-    data = shard.path.read_bytes() if shard.path.is_file() else b""
-    _check_size(shard)
+    try:
+        data = shard.store.read_bytes(shard.entry.name)
+    except (FileNotFoundError, IsADirectoryError):
+        data = None
+    _check_size(shard, None if data is None else len(data))
     if hashlib.sha256(data).hexdigest() != shard.entry.sha256:
         raise _damaged(shard.path, "its sha256 differs from index.json")
     samples: dict[str, dict] = {}
@@ -354,7 +367,7 @@ class TrainLoader:
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | str | Store,
         packer: Packer,
         *,
         seed: int = 0,
@@ -417,7 +430,7 @@ class ValLoader:
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | str | Store,
         packer: Packer,
         *,
         pack_buffer: int = 512,

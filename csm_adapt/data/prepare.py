@@ -10,9 +10,13 @@ data recipe and the input (timings are printed and returned, never stored).
 One `prepare` at a time per `data.out`: an OS lock on the folder refuses a second one (naming its
 PID); holding it, leftover temporary files of a killed run are deleted.
 
+`data.out` may be a URL (s3://, gs://, ...): every file goes through `csm_adapt.data.storage`, which
+keeps the same promises there (a file is complete under its name or absent, one writer at a time,
+leftovers deleted; docs/data-format.md, "Data at a URL").
+
 Under torchrun every rank plans the same shards and encodes every world-th one (on its own GPU);
 rank 0 writes `index.json` from the shard records once all ranks are done. The output folder must be
-one all ranks see (a shared file system). Shard bytes do not depend on the rank, so the result is
+one all ranks see (a shared file system, or a URL). Shard bytes do not depend on the rank, so the result is
 that of a single-process run.
 
 The data-relevant part of the recipe (`data_recipe`) is hashed into index.json. A recipe whose data
@@ -22,12 +26,12 @@ part changed is refused rather than mixed with old shards, unless `rebuild` is s
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import functools
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -54,8 +58,9 @@ from csm_adapt.data.kept import check_kept
 from csm_adapt.data.ranks import Ranks
 from csm_adapt.data.shard_writer import write_shard
 from csm_adapt.data.splits import split_samples
+from csm_adapt.data.storage import Store, names, open_store, read_json
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.files import DirLock, remove_stale_temps, reported_writes, write_text_atomic
+from csm_adapt.files import reported_writes
 from csm_adapt.model.text_tokenizer import normalize_text
 from csm_adapt.plugin_api import Malformed, Sample
 from csm_adapt.terminal import Progress, make_console
@@ -98,9 +103,9 @@ def data_hash(data: DataConfig, model: ModelConfig) -> str:
     return hashlib.sha256(json.dumps(data_recipe(data, model), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepared_is_current(data: DataConfig, model: ModelConfig) -> bool:
+def prepared_is_current(data: DataConfig, model: ModelConfig, store: Store | None = None) -> bool:
     """True when `data.out` holds complete shards prepared from this data recipe."""
-    index = _read_json(data.out / INDEX)
+    index = read_json(store or open_store(data.out, data.storage_options), INDEX)
     return index is not None and index.get("data_hash") == data_hash(data, model)
 
 
@@ -127,56 +132,57 @@ def prepare(
     """
     console = console or make_console()
     out, recipe, digest = data.out, data_recipe(data, model), data_hash(data, model)
+    store = open_store(out, data.storage_options)
     ranks = Ranks()
     try:
-        if not rebuild and prepared_is_current(data, model):  # read-only: needs no lock
+        if not rebuild and prepared_is_current(data, model, store):  # read-only: needs no lock
             console.print(f"[green]{out} is up to date[/] (data hash {digest})")
-            return _finished_index(out)
+            return _finished_index(store)
         # Every rank checks before any rank writes (the barrier below), so all see the same.
-        _refuse_other_recipe(out, recipe, digest, rebuild)
+        _refuse_other_recipe(store, recipe, digest, rebuild)
         resume = f"csm-adapt prepare RECIPE (or `csm-adapt run RECIPE`) with data.out={out}"
+        kept = "The shards written so far are kept and will not be encoded again"
         # Rank 0 holds the folder's lock for all ranks of this prepare.
-        lock = DirLock(out, "csm-adapt prepare") if ranks.is_main else contextlib.nullcontext()
-        with reported_writes(out, "The shards written so far are kept and will not be encoded again", resume), lock:
-            progress_dir = out / PROGRESS
+        lock = store.lock("csm-adapt prepare") if ranks.is_main else contextlib.nullcontext()
+        with reported_writes(store.write_dir, kept, resume), lock:
             if ranks.is_main:
                 if rebuild:
-                    _clear(out)
-                progress_dir.mkdir(parents=True, exist_ok=True)
-                for directory in (out, progress_dir):
-                    remove_stale_temps(directory)
-                _write_json(progress_dir / "recipe.json", {"data_hash": digest, "data": recipe})
+                    _clear(store)
+                for folder in ("", PROGRESS):
+                    store.remove_stale_temps(folder, owned=_written_by_prepare)
+                _write_json(store, f"{PROGRESS}/recipe.json", {"data_hash": digest, "data": recipe})
             ranks.barrier()
-            if not rebuild and prepared_is_current(data, model):  # another process finished it while we waited
-                return _finished_index(out)
+            if not rebuild and prepared_is_current(data, model, store):  # another process finished it while we waited
+                return _finished_index(store)
 
             read_rejects, shards, reader_info = _plan(data)
             frontend = frontend or _load_frontend(model, device)
             # Each rank encodes every world-th shard; a shard's bytes do not depend on who encodes it.
-            _encode_shards(shards[ranks.rank :: ranks.world], data, frontend, progress_dir, console)
+            _encode_shards(shards[ranks.rank :: ranks.world], data, frontend, store, console)
             ranks.barrier()
             if ranks.is_main:
-                records = [_read_json(progress_dir / f"{shard.name}.json") for shard in shards]
+                records = [read_json(store, f"{PROGRESS}/{shard.name}.json") for shard in shards]
                 index = _index(data, model, frontend, shards, records, read_rejects, reader_info)
                 rejects = [r.to_json() for r in read_rejects] + [r for record in records for r in record["rejects"]]
-                write_text_atomic(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-                write_text_atomic(out / INDEX, dump_index(index))
-                shutil.rmtree(progress_dir)
+                store.write_text(REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+                store.write_text(INDEX, dump_index(index))
+                store.remove_tree(PROGRESS)
             ranks.barrier()
     finally:
         ranks.close()
+        store.close()
     if not ranks.is_main:
-        return _finished_index(out)
+        return _finished_index(store)
     timings = _timings(records)
-    _print_summary(index.summary, timings, out, console)
+    _print_summary(index.summary, timings, store, console)
     check_kept(index.summary, out)  # after writing: rejects.jsonl says why
     return {**index.to_json(), "timings": timings}
 
 
-def _finished_index(out: Path) -> dict:
+def _finished_index(store: Store) -> dict:
     """The index of prepared data found complete, refused when it kept nothing to train on."""
-    index = _read_json(out / INDEX)
-    check_kept(index["summary"], out)
+    index = read_json(store, INDEX)
+    check_kept(index["summary"], store)
     return index
 
 
@@ -247,16 +253,17 @@ def _read_samples(reader, ref: ReaderRef, key: str, max_share: float, rejects: l
 
 
 def _encode_shards(
-    shards: list[_Shard], data: DataConfig, frontend: Frontend, progress_dir: Path, console: Console
+    shards: list[_Shard], data: DataConfig, frontend: Frontend, store: Store, console: Console
 ) -> list[dict]:
     """Each shard's record, encoding and writing the shards that have none yet."""
     records = []
     total = sum(len(shard.samples) for shard in shards)
+    present = store.sizes()  # one listing (at a URL, one request rather than one per shard)
     with Progress(console, total, unit="samples", description="prepare") as progress:
         for shard in shards:
-            record_path = progress_dir / f"{shard.name}.json"
-            record = _read_json(record_path)
-            if record is None or not (data.out / shard.name).is_file():
+            record_name = f"{PROGRESS}/{shard.name}.json"
+            record = read_json(store, record_name)
+            if record is None or shard.name not in present:
                 progress.describe(f"prepare {shard.name}")
                 result = encode_shard(
                     shard.samples,
@@ -266,7 +273,7 @@ def _encode_shards(
                     min_seconds=data.min_clip_seconds,
                     advance=progress.advance,
                 )
-                written = write_shard(data.out / shard.name, result.samples)
+                written = store.write_file(shard.name, functools.partial(write_shard, samples=result.samples))
                 record = {
                     "name": shard.name,
                     "samples": len(result.samples),
@@ -280,7 +287,7 @@ def _encode_shards(
                     "elapsed": result.elapsed,
                     "rejects": [r.to_json() for r in result.rejects],
                 }
-                _write_json(record_path, record)  # after the shard: a record means the shard is complete
+                _write_json(store, record_name, record)  # after the shard: a record means the shard is complete
             else:
                 progress.advance(len(shard.samples))
             records.append(record)
@@ -358,17 +365,17 @@ def _timings(records: list[dict]) -> dict:
     }
 
 
-def _refuse_other_recipe(out: Path, recipe: dict, digest: str, rebuild: bool) -> None:
-    """Fail when `out` holds (finished or partial) data of another data recipe, naming what changed."""
+def _refuse_other_recipe(store: Store, recipe: dict, digest: str, rebuild: bool) -> None:
+    """Fail when `store` holds (finished or partial) data of another data recipe, naming what changed."""
     if rebuild:
         return
-    previous = _read_json(out / INDEX) or _read_json(out / PROGRESS / "recipe.json")
+    previous = read_json(store, INDEX) or read_json(store, f"{PROGRESS}/recipe.json")
     if previous is None or previous.get("data_hash") == digest:
         return
     now, before = _flatten(recipe), _flatten(previous.get("data", {}))
     changed = sorted(key for key in now.keys() | before.keys() if now.get(key) != before.get(key))
     raise CsmAdaptError(
-        f"{out} holds data prepared from another data recipe (data hash {previous.get('data_hash')}, "
+        f"{store} holds data prepared from another data recipe (data hash {previous.get('data_hash')}, "
         f"this recipe's is {digest}; changed: {', '.join(changed) or 'unknown'}). "
         "Run `csm-adapt prepare RECIPE --rebuild` to delete it and prepare again, or set data.out to another folder."
     )
@@ -383,30 +390,27 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _clear(out: Path) -> None:
-    """Delete what `prepare` writes in `out`, and nothing else a user may have put there."""
+def _clear(store: Store) -> None:
+    """Delete what `prepare` writes in `store`, and nothing else a user may have put there."""
     for split in SPLITS:
-        for path in out.glob(f"{split}-*.tar"):
-            path.unlink()
+        for name in names(store, f"{split}-*.tar"):
+            store.remove(name)
     for name in (INDEX, REJECTS):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / PROGRESS, ignore_errors=True)
+        store.remove(name)
+    store.remove_tree(PROGRESS)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise CsmAdaptError(f"{path}: corrupt ({e}); delete it or run prepare with --rebuild") from None
+def _written_by_prepare(name: str) -> bool:
+    """Whether `name` (relative to data.out) is one of the files prepare writes."""
+    patterns = (*(f"{split}-*.tar" for split in SPLITS), INDEX, REJECTS, f"{PROGRESS}/*")
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
+def _write_json(store: Store, name: str, value: Any) -> None:
+    store.write_text(name, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
 
 
-def _print_summary(summary: dict, timings: dict, out: Path, console: Console) -> None:
+def _print_summary(summary: dict, timings: dict, out: Store, console: Console) -> None:
     table = Table(title=f"prepared {out}", show_header=False)
     table.add_row("samples read", str(summary["samples_read"]))
     for split, kept in summary["kept"].items():
@@ -420,4 +424,4 @@ def _print_summary(summary: dict, timings: dict, out: Path, console: Console) ->
     table.add_row("audio s/s", str(timings["audio_s_per_s"]))
     console.print(table)
     if summary["rejected"]:
-        console.print(f"rejected samples and why: {out / REJECTS}")
+        console.print(f"rejected samples and why: {out.member(REJECTS)}")

@@ -12,7 +12,8 @@ import torch
 
 from csm_adapt.audio_io import SAMPLE_RATE
 from csm_adapt.config.schema import Recipe
-from csm_adapt.data.format import read_index
+from csm_adapt.data.format import INDEX, read_index
+from csm_adapt.data.storage import open_store
 from csm_adapt.evaluation.engine import PREFIX, EvalResult, build_evaluation
 from csm_adapt.evaluation.prompts import read_prompts, val_prompts
 from csm_adapt.model.audio_codec import AudioCodec
@@ -27,9 +28,9 @@ def recipe_evaluation(recipe: Recipe, device: torch.device, prompts_file=None):
     on `device`, the training set's speaking rate from the prepared data when there is one."""
     cfg = recipe.eval
     prompts_file = prompts_file or cfg.prompts
-    prompts = read_prompts(prompts_file) if prompts_file else val_prompts(recipe.data.out, cfg.max_prompts)
-    index = recipe.data.out / "index.json"
-    chars_per_second = read_index(recipe.data.out).summary.get("chars_per_second") if index.is_file() else None
+    data = open_store(recipe.data.out, recipe.data.storage_options)
+    prompts = read_prompts(prompts_file) if prompts_file else val_prompts(data, cfg.max_prompts)
+    chars_per_second = read_index(data).summary.get("chars_per_second") if data.exists(INDEX) else None
     return build_evaluation(cfg, prompts, device, chars_per_second)
 
 

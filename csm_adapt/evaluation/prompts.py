@@ -12,6 +12,7 @@ utterances of the prepared data with their own recording as reference.
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ import attrs
 import torch
 
 from csm_adapt.audio_io import load_audio
-from csm_adapt.data.format import read_index
+from csm_adapt.data.format import INDEX, read_index
+from csm_adapt.data.storage import Store, open_store
 from csm_adapt.errors import ConfigError
 
 PROMPT_KEYS = ("id", "text", "speaker", "reference")
@@ -101,13 +103,14 @@ def _share_references(prompts: Sequence[EvalPrompt]) -> list[EvalPrompt]:
     return [p if p.references else attrs.evolve(p, references=tuple(by_speaker[p.speaker])) for p in prompts]
 
 
-def val_prompts(data_dir: Path, limit: int) -> list[EvalPrompt]:
-    """The first `limit` validation utterances of the prepared data (the last target turn of each
-    sample), their own recording as the reference."""
-    shards = read_index(data_dir).split("val").shards
+def val_prompts(data_dir: Path | str | Store, limit: int) -> list[EvalPrompt]:
+    """The first `limit` validation utterances of the prepared data (a folder, a URL or an open
+    store; the last target turn of each sample), their own recording as the reference."""
+    store = open_store(data_dir)
+    shards = read_index(store).split("val").shards
     prompts: list[EvalPrompt] = []
     for shard in shards:
-        with tarfile.open(Path(data_dir) / shard.name) as tar:
+        with tarfile.open(fileobj=io.BytesIO(store.read_bytes(shard.name)), mode="r:") as tar:
             for member in tar:
                 if len(prompts) >= limit:
                     return prompts
@@ -119,7 +122,7 @@ def val_prompts(data_dir: Path, limit: int) -> list[EvalPrompt]:
                 prompts.append(EvalPrompt(meta["id"], turn["text"], turn["speaker"], (reference,)))
     if not prompts:
         raise ConfigError(
-            f"{Path(data_dir) / 'index.json'}: no validation utterances to evaluate on; "
+            f"{store.member(INDEX)}: no validation utterances to evaluate on; "
             "set eval.prompts to a prompts file, or data.val_fraction > 0"
         )
     return prompts

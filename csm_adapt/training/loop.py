@@ -21,6 +21,7 @@ from csm_adapt.config.recipe import SAVED_NAME, changed_settings, recipe_to_dict
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.loader import SampleLimits, TrainLoader, ValLoader
 from csm_adapt.data.packing import Packer
+from csm_adapt.data.storage import open_store
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.evaluation.during_training import TrainingEvaluation
 from csm_adapt.files import DirLock, reported_writes
@@ -143,11 +144,12 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
         max_rows=recipe.data.max_rows, rows_per_batch=cfg.rows_per_micro_batch, pad_multiple=cfg.pad_multiple
     )
     checks = {"limits": SampleLimits(text_vocab_size=model.args.text_vocab_size), "on_corrupt": recipe.data.on_corrupt}
+    data = open_store(recipe.data.out, recipe.data.storage_options)  # a folder or a URL
     train_loader = TrainLoader(
-        recipe.data.out, packer, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, pack_buffer=cfg.pack_buffer,
+        data, packer, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, pack_buffer=cfg.pack_buffer,
         num_workers=cfg.num_workers, rank=d.rank, world_size=d.world_size, pin_memory=device.type == "cuda", **checks,
     )  # fmt: skip
-    val_loader = ValLoader(recipe.data.out, packer, pack_buffer=cfg.pack_buffer, **checks)
+    val_loader = ValLoader(data, packer, pack_buffer=cfg.pack_buffer, **checks)
     accum = max(1, cfg.rows_per_step // (cfg.rows_per_micro_batch * d.world_size))
 
     strategy = recipe.loss.create()
