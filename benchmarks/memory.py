@@ -116,7 +116,8 @@ def _print_row(name: str, row: dict) -> None:
     gib = 1024**3
     line = f"{name:<9} predicted {row['predicted_bytes'] / gib:6.2f} GiB"
     if "measured_bytes" in row:
-        line += f"  measured {row['measured_bytes'] / gib:6.2f} GiB ({row['error']:+.1%}), {row['seconds_per_step']:.0f} s/step"
+        line += f"  measured {row['measured_bytes'] / gib:6.2f} GiB ({row['error']:+.1%})"
+        line += f", {row['seconds_per_step']:.0f} s/step"
     print(line, flush=True)
 
 

@@ -62,8 +62,9 @@ def cli() -> None:
     """Finetune Sesame's CSM-1B speech model on new languages and voices."""
 
 
-for command in (run, sweep, prepare, segment, validate, generate, convert, merge, push, plugins, recipes, evaluate, memory):
+for command in (run, sweep, prepare, segment, validate, generate, convert, merge, push, plugins, recipes, evaluate):
     cli.add_command(command)
+cli.add_command(memory)
 
 
 def main() -> None:

@@ -66,7 +66,12 @@ def memory(recipe: Path, overrides: tuple[str, ...], device: str | None, as_json
                 {
                     "card": a.card,
                     "options": [
-                        {"change": o.change.what, "overrides": list(o.change.overrides), "needed": o.needed, "fits": o.fits}
+                        {
+                            "change": o.change.what,
+                            "overrides": list(o.change.overrides),
+                            "needed": o.needed,
+                            "fits": o.fits,
+                        }
                         for o in a.options
                     ],
                     "fix": [{"change": c.what, "overrides": list(c.overrides)} for c in a.fix],

@@ -110,7 +110,7 @@ def activation_blocks(facts: ModelFacts, shapes: Shapes) -> list[Block]:
     c0.weight_copies = copies
     c0.kept = f * v * a + f * LONG  # logits and targets in TrainOutput
     c0.forward_extra = f * bb.embed_dim * FP32 + extra + (f * v * FP32 if a != FP32 else 0)
-    c0.backward_extra = f * v * (2 * FP32 + a) + extra
+    c0.backward_extra = f * v * 2 * FP32 + extra  # the gradients of the log-softmax's output and input
     c0.grads = _param_bytes(facts, "codebook0_head")
     blocks.append(c0)
 
@@ -151,7 +151,8 @@ def activation_blocks(facts: ModelFacts, shapes: Shapes) -> list[Block]:
     out.saved += logits * FP32  # log-softmax output
     out.kept = logits * a + m * (k - 1) * LONG
     out.forward_extra += logits * (a + (FP32 if a != FP32 else 0))  # flatten(0, 1) copy, fp32 cast
-    out.backward_extra = logits * (2 * FP32 + 2 * a) + (head_numel * a if trains_head else 0)
+    # The gradients of the log-softmax's output and input (fp32), then the head's in the compute dtype.
+    out.backward_extra = logits * 2 * FP32 + (head_numel * a if trains_head else 0)
     out.grads = _param_bytes(facts, "audio_head") + _param_bytes(facts, "decoder.norm.scale")
     blocks.append(out)
     return blocks
@@ -182,7 +183,7 @@ def _transformer(
         name = f"{prefix}.layers.{i}"
         lin = {n: facts.linears[f"{name}.{n}"] for n in ("attn.q_proj", "attn.k_proj", "attn.v_proj")}
         lin.update({n: facts.linears[f"{name}.{n}"] for n in ("attn.output_proj", "mlp.w1", "mlp.w2", "mlp.w3")})
-        saved = copies = cache = 0
+        saved = copies = 0
         extra_fwd = extra_bwd = 0
 
         # Self-attention: norm, q/k/v, rotary, attention, output projection.

@@ -3,16 +3,13 @@ gradient and optimizer-state bytes, and per-linear facts the activation model ne
 
 The model is built on the meta device and the recipe's adapter applied to it, so the counts come
 from the same code that trains (any adapter plugin, the frozen-dtype cast), without allocating a
-byte. QLoRA's NF4 quantisation cannot run on meta tensors (it computes block scales); its base
-weights are counted from the NF4 layout instead (`nf4_bytes`).
+byte. A tensor subclass (QLoRA's NF4 weights) is counted by the tensors it is made of, which torchao
+lays out on the meta device as it would on a real one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Iterator
-from unittest import mock
 
 import attrs
 import torch
@@ -67,14 +64,6 @@ class ModelFacts:
         return sum(self.trainable.values()) + sum(self.frozen.values())
 
 
-def nf4_bytes(numel: int, block_size: int, scaler_block_size: int) -> int:
-    """Bytes of torchao's NF4Tensor for `numel` values: 4-bit codes, one int8 scale per block, one
-    fp32 factor per `scaler_block_size` scales (double quantisation), a fp32 mean and the 16-value table."""
-    blocks = numel // block_size
-    scalers = math.gcd(scaler_block_size, blocks)  # as plugins/lora_adapter.py chooses it
-    return numel // 2 + blocks + (blocks // scalers) * 4 + 4 + 16 * 4
-
-
 def model_facts(args: ModelArgs, adapter: AdapterRef | None, frozen_dtype: str = "fp32") -> ModelFacts:
     """Build `args` on the meta device, apply `adapter` as training does, and count."""
     from csm_adapt.training.adapters import apply_adapter
@@ -85,8 +74,7 @@ def model_facts(args: ModelArgs, adapter: AdapterRef | None, frozen_dtype: str =
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        with _meta_nf4():
-            apply_adapter(model, adapter, torch.bfloat16 if frozen_dtype == "bf16" else None)
+        apply_adapter(model, adapter, torch.bfloat16 if frozen_dtype == "bf16" else None)
     return _count(model, args)
 
 
@@ -117,9 +105,13 @@ def _count(model: nn.Module, args: ModelArgs) -> ModelFacts:
 
 
 def _dtype_and_bytes(p: torch.Tensor) -> tuple[str, int]:
+    """A tensor's dtype name and bytes; a tensor subclass (NF4) by its class name and inner tensors."""
     data = p.data if isinstance(p, nn.Parameter) else p
-    if isinstance(data, NF4Tensor):
-        return "nf4", data.nbytes_nf4
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        # Storage bytes: an inner tensor may be a view of a larger buffer, which stays allocated.
+        inner = sum(getattr(data, name).untyped_storage().nbytes() for name in names)
+        return "nf4" if type(data).__name__ == "NF4Tensor" else type(data).__name__, inner
     return str(p.dtype).removeprefix("torch."), p.numel() * p.element_size()
 
 
@@ -132,47 +124,18 @@ def _linears(model: nn.Module) -> Iterator[tuple[str, LinearFacts]]:
         lora_a = getattr(module, "lora_A", None)
         dropout = getattr(module, "dropout", None)
         kind, _ = _dtype_and_bytes(weight)
-        yield name, LinearFacts(
-            in_features=weight.shape[1],
-            out_features=weight.shape[0],
-            trains_weight=weight.requires_grad,
-            weight_dtype=kind,
-            lora_rank=lora_a.shape[0] if isinstance(lora_a, torch.Tensor) else 0,
-            dora=getattr(module, "lora_magnitude", None) is not None,
-            dropout=isinstance(dropout, nn.Dropout),
+        yield (
+            name,
+            LinearFacts(
+                in_features=weight.shape[1],
+                out_features=weight.shape[0],
+                trains_weight=weight.requires_grad,
+                weight_dtype=kind,
+                lora_rank=lora_a.shape[0] if isinstance(lora_a, torch.Tensor) else 0,
+                dora=getattr(module, "lora_magnitude", None) is not None,
+                dropout=isinstance(dropout, nn.Dropout),
+            ),
         )
-
-
-class NF4Tensor(torch.Tensor):
-    """A meta tensor standing for torchao's NF4Tensor (named alike, so that the code that leaves NF4
-    weights alone, e.g. the frozen-dtype cast, does here too): its shape, and the bytes NF4 takes."""
-
-    nbytes_nf4: int = 0
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        out = super().__torch_function__(func, types, args, kwargs or {})
-        if isinstance(out, NF4Tensor) and args and isinstance(args[0], NF4Tensor):
-            out.nbytes_nf4 = args[0].nbytes_nf4  # kept through detach() and nn.Parameter
-        return out
-
-
-@contextlib.contextmanager
-def _meta_nf4() -> Iterator[None]:
-    """torchao's `to_nf4` on meta tensors: a meta tensor tagged with the NF4 byte count."""
-
-    def to_nf4(weight: torch.Tensor, block_size: int = 64, scaler_block_size: int = 256):
-        out = torch.empty(weight.shape, dtype=torch.bfloat16, device="meta").as_subclass(NF4Tensor)
-        out.nbytes_nf4 = nf4_bytes(weight.numel(), block_size, scaler_block_size)
-        return out
-
-    try:
-        import torchao.dtypes.nf4tensor  # noqa: F401
-    except ImportError:
-        yield  # the adapter itself reports the missing extra
-        return
-    with mock.patch("torchao.dtypes.nf4tensor.to_nf4", to_nf4):
-        yield
 
 
 def optimizer_state_bytes(facts: ModelFacts, optimizer: str) -> int:
