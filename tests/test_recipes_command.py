@@ -14,9 +14,9 @@ def test_recipes_lists_each_shipped_recipe_with_its_description():
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "demo          Offline demo: everything needed ships with csm-adapt, nothing is downloaded."
-    assert lines[1].startswith("french        Finetune CSM-1B on a French speech set in LJSpeech layout")
-    assert lines[2].startswith("french-lora   Finetune CSM-1B with LoRA on a French speech set, on a 16 GB card")
-    assert lines[3].startswith("french-qlora  Finetune CSM-1B with QLoRA on a French speech set, on an 8 GB card")
+    assert lines[1].startswith("french-lora   Finetune CSM-1B with LoRA on a French speech set, on a 16 GB card")
+    assert lines[2].startswith("french-qlora  Finetune CSM-1B with QLoRA on a French speech set, on an 8 GB card")
+    assert lines[3].startswith("french        Finetune CSM-1B on a French speech set in LJSpeech layout")
     assert set(shipped()) == {"demo", "french", "french-lora", "french-qlora"}
 
 
