@@ -233,3 +233,23 @@ def test_saved_activations_match_what_autograd_saves(overrides):
     assert abs(predicted - saved) <= TOLERANCE * saved, (
         f"predicted {predicted / 2**20:.1f} MiB, saved {saved / 2**20:.1f}"
     )
+
+
+def test_memory_benchmark_reports_every_variant_and_what_it_measured(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "benchmarks" / "memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "report.json"
+    report = bench.main(
+        ["--model", "micro", "--device", "cpu", "--rows", "512", "--measure", "qlora-ac", "--json", str(out)]
+    )
+    assert json.loads(out.read_text()) == report
+    assert list(report["results"]) == ["full", "full-ac", "lora", "lora-ac", "qlora", "qlora-ac"]
+    measured = {name for name, r in report["results"].items() if "measured_bytes" in r}
+    assert measured == {"qlora-ac"}
+    r = report["results"]["qlora-ac"]
+    assert abs(r["error"]) <= TOLERANCE and r["seconds_per_step"] > 0 and r["split"]["workload"]["checkpointing"]
+    assert report["results"]["full"]["split"]["workload"]["optimizer"] == "adamw8bit"
+    assert report["machine"]["torch"] and "lora_speedup_over_full" not in report

@@ -17,6 +17,7 @@ loop's step code and optimizer builder) on random micro-batches shaped as the pl
 from __future__ import annotations
 
 import gc
+import time
 
 import attrs
 import torch
@@ -38,6 +39,7 @@ class Measurement:
     steps: int
     micro_batches: int  # per step
     method: str  # how the peak was read
+    seconds_per_step: float  # of the measured steps (on a CPU, slowed by the profiler)
 
 
 def measure_peak(recipe: Recipe, *, steps: int = 2, seed: int = 0, **workload_options) -> Measurement:
@@ -75,17 +77,20 @@ def measure_peak(recipe: Recipe, *, steps: int = 2, seed: int = 0, **workload_op
             optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
     gc.collect()
+    start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
         run()
         torch.cuda.synchronize(device)
         peak, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
     else:
         alive = live_bytes([*model.parameters(), *model.buffers()] + [t for b in micro for t in _tensors(b)])
         peak, method = alive + profiled_peak(run), "profiler allocation events + bytes alive at start"
-    return Measurement(peak, str(device), steps, workload.accum, method)
+    seconds = (time.perf_counter() - start) / steps
+    return Measurement(peak, str(device), steps, workload.accum, method, seconds)
 
 
 def synthetic_batch(workload: Workload, args, seed: int) -> Batch:
