@@ -18,6 +18,7 @@ from csm_adapt.config.schema import Recipe
 from csm_adapt.errors import CsmAdaptError
 from csm_adapt.training.memory_plan import CUDA_CONTEXT_BYTES, FRAGMENTATION, GIB, MemoryPlan
 
+_ADAPTER_CHANGES = ("LoRA adapter", "QLoRA adapter")
 CARDS: tuple[tuple[str, int], ...] = tuple((f"{n} GB", n * GIB) for n in (8, 16, 24, 40, 80))
 
 
@@ -95,18 +96,25 @@ def advise(recipe: Recipe, plan: MemoryPlan, plan_for: Callable[[tuple[str, ...]
             p = planned(change.overrides)
             options.append(Option(change, needed_on_card(p), fits(p, capacity)))
         fix: tuple[Change, ...] = next(((o.change,) for o in options if o.fits), ())
-        if not fix:
-            combined: list[Change] = []
-            for change in changes:
-                combined.append(change)
-                p = planned(tuple(o for c in combined for o in c.overrides))
-                if p is None:
-                    combined.pop()
-                elif fits(p, capacity):
-                    fix = tuple(combined)
-                    break
+        for combination in () if fix else _combinations(changes):
+            p = planned(tuple(o for c in combination for o in c.overrides))
+            if p is not None and fits(p, capacity):
+                fix = combination
+                break
         advice.append(Advice(card, capacity, tuple(options), fix))
     return advice
+
+
+def _combinations(changes: list[Change]) -> list[tuple[Change, ...]]:
+    """Several changes together, least invasive first: the non-adapter ones cumulated in order; then
+    each adapter (alternatives, never stacked) with a bf16 frozen base and the cheaper changes."""
+    plain = [c for c in changes if not c.what.startswith(_ADAPTER_CHANGES)]
+    out = [tuple(plain[: i + 1]) for i in range(1, len(plain))]
+    bf16_base = Change("frozen base in bf16", ('train.precision="bf16"', 'train.frozen_dtype="bf16"'))
+    cheap = [c for c in plain if c.what != "8-bit AdamW" and c.what != bf16_base.what]
+    for adapter in (c for c in changes if c.what.startswith(_ADAPTER_CHANGES)):
+        out += [(adapter, bf16_base, *cheap[:i]) for i in range(len(cheap) + 1)]
+    return out
 
 
 def _rows_change(recipe: Recipe, capacity: int, planned) -> Change | None:
