@@ -104,7 +104,7 @@ def activation_blocks(facts: ModelFacts, shapes: Shapes) -> list[Block]:
 
     # Codebook 0: gathered frames through the head, fp32 cross-entropy.
     c0 = Block("codebook0_head", "heads")
-    head = facts.linears["codebook0_head"]
+    head = _linear_facts(facts, "codebook0_head", bb.embed_dim, v)
     saved, copies, extra = _linear(head, f, a, input_bytes=FP32, requires_grad=requires_grad, shared=False)
     c0.saved = saved + f * LONG + f * v * FP32  # gather indices, log-softmax output
     c0.weight_copies = copies
@@ -116,7 +116,7 @@ def activation_blocks(facts: ModelFacts, shapes: Shapes) -> list[Block]:
 
     # The decoder's input: [h_{t-1}, embeddings of codebooks 0..K-2] through the projection.
     dec_in = Block("decoder input", "decoder")
-    proj = facts.linears["projection"]
+    proj = _linear_facts(facts, "projection", bb.embed_dim, dec.embed_dim)
     saved, copies, extra = _linear(proj, m * k, a, input_bytes=FP32, requires_grad=requires_grad, shared=False)
     dec_in.saved = saved + m * LONG + (m * (k - 1) * LONG if trains_audio else 0)
     dec_in.weight_copies = copies
@@ -181,8 +181,11 @@ def _transformer(
     per_call_cast = a != residual_bytes
     for i in range(flavor.num_layers):
         name = f"{prefix}.layers.{i}"
-        lin = {n: facts.linears[f"{name}.{n}"] for n in ("attn.q_proj", "attn.k_proj", "attn.v_proj")}
-        lin.update({n: facts.linears[f"{name}.{n}"] for n in ("attn.output_proj", "mlp.w1", "mlp.w2", "mlp.w3")})
+        shapes_of = {
+            "attn.q_proj": (d, dq), "attn.k_proj": (d, dkv), "attn.v_proj": (d, dkv), "attn.output_proj": (dq, d),
+            "mlp.w1": (d, inter), "mlp.w2": (inter, d), "mlp.w3": (d, inter),
+        }  # fmt: skip
+        lin = {n: _linear_facts(facts, f"{name}.{n}", *io) for n, io in shapes_of.items()}
         saved = copies = 0
         extra_fwd = extra_bwd = 0
 
@@ -229,6 +232,15 @@ def _transformer(
                           backward_extra=extra_bwd, grads=grads)  # fmt: skip
         blocks.append(block)
     return requires_grad
+
+
+def _linear_facts(facts: ModelFacts, name: str, in_features: int, out_features: int) -> LinearFacts:
+    """The facts of a linear; an adapter plugin that replaced it with something else (no 2-D weight)
+    is modelled as a plain linear, trained if anything under its name trains."""
+    found = facts.linears.get(name)
+    if found is not None:
+        return found
+    return LinearFacts(in_features, out_features, trains_weight=facts.trains_any(name), weight_dtype="float32")
 
 
 def _linear_group(
