@@ -12,6 +12,7 @@ from csm_adapt import __version__
 from csm_adapt.commands.convert import convert
 from csm_adapt.commands.evaluate import evaluate
 from csm_adapt.commands.generate import generate
+from csm_adapt.commands.memory import memory
 from csm_adapt.commands.merge import merge
 from csm_adapt.commands.plugins import plugins
 from csm_adapt.commands.prepare import prepare
@@ -63,6 +64,7 @@ def cli() -> None:
 
 for command in (run, sweep, prepare, segment, validate, generate, convert, merge, push, plugins, recipes, evaluate):
     cli.add_command(command)
+cli.add_command(memory)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from csm_adapt.cli import cli
 
 REPO = Path(__file__).parents[1]
 # Cheap commands that need no network, no GPU and no dataset: their examples are run for real.
-OFFLINE = {"validate", "plugins", "recipes"}
+OFFLINE = {"validate", "plugins", "recipes", "memory"}
 # A path into a run directory, as `csm-adapt run` lays it out.
 RUN_PATH = re.compile(r"runs/[\w.-]+/(checkpoints/(final|best|step-\d{6})|recipe\.toml|best\.toml)")
 

@@ -13,9 +13,31 @@ def test_recipes_lists_each_shipped_recipe_with_its_description():
     result = CliRunner().invoke(cli, ["recipes"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "demo    Offline demo: everything needed ships with csm-adapt, nothing is downloaded."
-    assert lines[1].startswith("french  Finetune CSM-1B on a French speech set in LJSpeech layout")
-    assert set(shipped()) == {"demo", "french"}
+    assert lines[0] == "demo          Offline demo: everything needed ships with csm-adapt, nothing is downloaded."
+    assert lines[1].startswith("french-lora   Finetune CSM-1B with LoRA on a French speech set, on a 16 GB card")
+    assert lines[2].startswith("french-qlora  Finetune CSM-1B with QLoRA on a French speech set, on an 8 GB card")
+    assert lines[3].startswith("french        Finetune CSM-1B on a French speech set in LJSpeech layout")
+    assert set(shipped()) == {"demo", "french", "french-lora", "french-qlora"}
+
+
+def test_every_shipped_recipe_loads_and_states_its_planned_memory():
+    """Each recipe validates; a recipe sized for a card states the planner's figure, which is still true."""
+    import re
+
+    from csm_adapt.config.recipe import load_recipe
+    from csm_adapt.training.memory_advice import CARDS, fits
+    from csm_adapt.training.memory_plan import GIB, plan_memory
+
+    for name, path in shipped().items():
+        recipe = load_recipe(path)
+        stated = re.search(r"^# Memory \(csm-adapt memory recipes/[\w-]+\.toml\): ([\d.]+) GiB", path.read_text(), re.M)
+        card = re.search(r"on an? (\d+) GB card", path.read_text().splitlines()[0])
+        if card is None:
+            continue
+        assert stated, f"{name}: sized for a card, but its header gives no planner figure"
+        plan = plan_memory(recipe)
+        assert float(stated.group(1)) == round(plan.total / GIB, 2), f"{name}: the header's figure is stale"
+        assert fits(plan, dict(CARDS)[f"{card.group(1)} GB"])
 
 
 def test_copy_makes_a_recipe_folder_that_validates_from_anywhere(tmp_path, monkeypatch):
