@@ -6,9 +6,9 @@
 Variants (issue 11): the full finetune (8-bit AdamW), LoRA r16 over a bf16 base and QLoRA r16 (NF4
 base), each with and without activation checkpointing; 2048 rows per micro-batch (one 2048-row
 sequence), no accumulation, bf16 autocast, the `amortized` loss (decoder on 1/16 of the frames), as
-recipes/french.toml trains. Every variant is planned (csm_adapt/training/memory_plan.py); those
+recipes/french.toml trains. Every variant is planned (csm_adapt/memory/plan.py); those
 named by --measure (default: all on CUDA, none on a CPU) also train two real optimizer steps on
-random weights and data (memory_measure.measure_peak: CUDA max_memory_allocated, or the CPU
+random weights and data (memory.measure.measure_peak: CUDA max_memory_allocated, or the CPU
 allocator's events under the profiler) and report the measured peak and the seconds per step.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from csm_adapt.config.recipe import load_recipe
-from csm_adapt.training.memory_advice import needed_on_card
-from csm_adapt.training.memory_measure import measure_peak
-from csm_adapt.training.memory_plan import plan_memory
+from csm_adapt.memory.advice import needed_on_card
+from csm_adapt.memory.measure import measure_peak
+from csm_adapt.memory.plan import plan_memory
 from csm_adapt.training.precision import cpu_bf16_units
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "french.toml"

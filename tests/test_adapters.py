@@ -14,6 +14,7 @@ from csm_adapt.model.rows import audio_frame_mask, utterance_rows
 from csm_adapt.training.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    decide_trainable,
     load_adapted,
     merge_adapter,
     read_weights,
@@ -21,7 +22,7 @@ from csm_adapt.training.adapters import (
 from csm_adapt.training.loop import train
 from csm_adapt.training.step import autocast
 from csm_adapt_plugins.lora_adapter import Lora, LoRALinear, LoraOptions, Qlora, QloraOptions
-from runs import KILLER, read_metrics  # tests/runs.py
+from runs import KILLER, REPO, read_metrics  # tests/runs.py
 from test_train import run_recipe
 
 K = 32
@@ -249,6 +250,15 @@ def test_adapter_with_bf16_frozen_base_trains(tmp_path, demo_dataset):
     assert type(adapted.backbone.layers[0].attn.q_proj.weight).__name__ == "NF4Tensor"
     assert torch.isfinite(torch.tensor(list(read_metrics(run_dir, "train/loss").values()))).all()
     assert (run_dir / "samples" / "step-000002" / "0.wav").is_file()  # generation over the bf16 base
+
+
+def test_adapters_train_under_ddp_not_fsdp():
+    recipe = load_recipe(REPO / "recipes" / "demo.toml", ['adapter.name="lora"', 'train.parallel="fsdp"'])
+    with pytest.raises(ConfigError, match='adapter. trains with train.parallel = "ddp", not "fsdp"'):
+        decide_trainable(recipe, build_model("micro"), distributed=True)
+    m = build_model("micro")  # one process: no wrapping, so `parallel` does not apply
+    assert decide_trainable(recipe, m).ref.name == "lora"
+    assert any(p.requires_grad for p in m.parameters()) and not all(p.requires_grad for p in m.parameters())
 
 
 def test_adapter_on_a_model_that_has_one_is_refused():

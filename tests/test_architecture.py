@@ -32,6 +32,8 @@ ALLOWED = {
     # Generated speech scored by evaluator plugins: during training and by `csm-adapt evaluate`.
     "evaluation": FOUNDATION | {"model", "data", "config"},
     "sweep": FOUNDATION | {"config", "data", "training"},
+    # Peak memory of a recipe's training: planned from the model and measured with the real step.
+    "memory": FOUNDATION | {"model", "data", "config", "training"},
     # Long recordings -> clips for a reader: audio work only, no model, data or training.
     "segment": FOUNDATION,
     # The top: the command line may use everything.

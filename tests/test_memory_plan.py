@@ -1,6 +1,6 @@
 """The memory planner against measured peaks (issue 11, item 5): CPU, micro and tiny configs.
 
-Each case trains two real optimizer steps of a recipe configuration (memory_measure.measure_peak,
+Each case trains two real optimizer steps of a recipe configuration (memory.measure.measure_peak,
 the loop's own step code) and compares the measured peak of allocated bytes with the plan. The
 grid makes activations matter: full finetune / LoRA / QLoRA, activation checkpointing on and off,
 fp32 and bf16 autocast, two micro-batch sizes, gradient accumulation. On these small models the
@@ -20,11 +20,11 @@ from click.testing import CliRunner
 
 from csm_adapt.cli import cli
 from csm_adapt.config.recipe import load_recipe
+from csm_adapt.memory.advice import CARDS, fits, needed_on_card
+from csm_adapt.memory.measure import measure_peak
+from csm_adapt.memory.params import model_facts, optimizer_state_bytes
+from csm_adapt.memory.plan import plan, plan_memory, workload_of
 from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.training.memory_advice import CARDS, fits, needed_on_card
-from csm_adapt.training.memory_measure import measure_peak
-from csm_adapt.training.memory_params import model_facts, optimizer_state_bytes
-from csm_adapt.training.memory_plan import plan, plan_memory, workload_of
 
 REPO = Path(__file__).parents[1]
 DEMO = REPO / "recipes" / "demo.toml"
@@ -85,7 +85,7 @@ def test_a_plan_without_the_decoder_term_misses_the_measurement():
     r = recipe(*CASES["micro-lora-fp32-1024"])
     workload = workload_of(r, "cpu")
     facts = model_facts(MODEL_CONFIGS["micro"], r.adapter)
-    from csm_adapt.training.memory_activations import activation_blocks
+    from csm_adapt.memory.activations import activation_blocks
 
     blocks = [b for b in activation_blocks(facts, workload.shapes()) if b.part != "decoder"]
     peak = measured("micro-lora-fp32-1024")
@@ -102,9 +102,9 @@ def test_meta_counts_equal_the_real_model(overrides):
     """Bytes by dtype, trainable and frozen, as on a real micro model with the adapter applied (NF4 included)."""
     import torch
 
+    from csm_adapt.memory.measure import live_bytes
     from csm_adapt.model.checkpoint import build_model
     from csm_adapt.training.adapters import apply_adapter
-    from csm_adapt.training.memory_measure import live_bytes
 
     r = recipe(*overrides)
     facts = model_facts(MODEL_CONFIGS["micro"], r.adapter, r.train.frozen_dtype)
@@ -182,16 +182,15 @@ def autograd_saved_bytes(r) -> int:
     """Bytes of the distinct storages autograd saves in one training forward of the recipe (no parameters)."""
     import torch
 
+    from csm_adapt.memory.measure import synthetic_batch
     from csm_adapt.model.checkpoint import build_model
-    from csm_adapt.training.distributed import Dist
-    from csm_adapt.training.loop import _apply_adapter
+    from csm_adapt.training.adapters import decide_trainable
     from csm_adapt.training.losses import loss_parts
-    from csm_adapt.training.memory_measure import synthetic_batch
     from csm_adapt.training.step import autocast, forward_batch
 
     workload = workload_of(r, "cpu")
     model = build_model(r.model.config)
-    _apply_adapter(r, model, Dist())
+    decide_trainable(r, model)
     model.train()
     batch = synthetic_batch(workload, model.args, 0)
     mask = r.loss.create().select_decoder_frames(batch.target_mask, torch.Generator().manual_seed(0))
@@ -221,7 +220,7 @@ def autograd_saved_bytes(r) -> int:
 def test_saved_activations_match_what_autograd_saves(overrides):
     """Layer by layer the model's saved tensors are most of what autograd keeps (the decoder's share is
     small here: 1/64 of the frames), checked against autograd's own saved-tensor hooks."""
-    from csm_adapt.training.memory_activations import activation_blocks
+    from csm_adapt.memory.activations import activation_blocks
 
     r = recipe(*overrides)
     workload = workload_of(r, "cpu")

@@ -25,8 +25,8 @@ def test_every_shipped_recipe_loads_and_states_its_planned_memory():
     import re
 
     from csm_adapt.config.recipe import load_recipe
-    from csm_adapt.training.memory_advice import CARDS, fits
-    from csm_adapt.training.memory_plan import GIB, plan_memory
+    from csm_adapt.memory.advice import CARDS, fits
+    from csm_adapt.memory.plan import GIB, plan_memory
 
     for name, path in shipped().items():
         recipe = load_recipe(path)

@@ -41,15 +41,15 @@ def memory(recipe: Path, overrides: tuple[str, ...], device: str | None, as_json
     Example: csm-adapt memory recipes/french-lora.toml
     """
     from csm_adapt.config.recipe import load_recipe
-    from csm_adapt.training.memory_advice import CARDS, advise, fits, needed_on_card
-    from csm_adapt.training.memory_plan import CUDA_CONTEXT_BYTES, FRAGMENTATION, plan_memory
+    from csm_adapt.memory.advice import CARDS, advise, fits, needed_on_card
+    from csm_adapt.memory.plan import CUDA_CONTEXT_BYTES, FRAGMENTATION, plan_memory
 
     resolved = load_recipe(recipe, overrides)
     plan = plan_memory(resolved, device)
     advice = advise(resolved, plan, lambda extra: plan_memory(load_recipe(recipe, (*overrides, *extra)), device))
     measured = None
     if measure:
-        from csm_adapt.training.memory_measure import measure_peak
+        from csm_adapt.memory.measure import measure_peak
 
         with make_console().status(f"training {steps} steps to measure the peak"):
             measured = measure_peak(resolved, steps=steps)

@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 
 from csm_adapt.config.schema import AdapterRef, Recipe
 from csm_adapt.config.structure import to_dict
-from csm_adapt.errors import CheckpointError, CsmAdaptError
+from csm_adapt.errors import CheckpointError, ConfigError, CsmAdaptError
 from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.csm import CSM
+from csm_adapt.training.optim import set_trainable
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -67,6 +68,20 @@ class AdapterSpec:
             "plugins": list(self.plugins),
         }
         (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def decide_trainable(recipe: Recipe, model: CSM, *, distributed: bool = False) -> AdapterSpec | None:
+    """What trains, as the loop (and the memory planner's measurement) decide it: the recipe's
+    adapter, else `train.trainable`. Returns the adapter's spec, or None without an adapter."""
+    cfg = recipe.train
+    if recipe.adapter is None:
+        set_trainable(model, cfg)
+        return None
+    if distributed and cfg.parallel == "fsdp":
+        # FSDP's full-state gathering rebuilds a plain CSM; adapters are small enough for DDP.
+        raise ConfigError('an [adapter] trains with train.parallel = "ddp", not "fsdp"')
+    apply_adapter(model, recipe.adapter, torch.bfloat16 if cfg.frozen_dtype == "bf16" else None)
+    return AdapterSpec(recipe.adapter, BaseModel.of(recipe), recipe.plugins)
 
 
 def apply_adapter(model: CSM, ref: AdapterRef, frozen_dtype: torch.dtype | None = None) -> None:

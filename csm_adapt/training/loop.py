@@ -29,11 +29,11 @@ from csm_adapt.model.checkpoint import build_model, load_model
 from csm_adapt.model.config import MODEL_CONFIGS
 from csm_adapt.plugin_api import RunInfo
 from csm_adapt.training import parallel
-from csm_adapt.training.adapters import AdapterSpec, BaseModel, apply_adapter, load_weights
+from csm_adapt.training.adapters import decide_trainable, load_weights
 from csm_adapt.training.distributed import Dist, all_reduce_sum, init_distributed, pick_device
 from csm_adapt.training.loggers import LoggerFanOut
 from csm_adapt.training.losses import loss_parts
-from csm_adapt.training.optim import build_optimizer, build_scheduler, set_trainable
+from csm_adapt.training.optim import build_optimizer, build_scheduler
 from csm_adapt.training.precision import resolve_precision
 from csm_adapt.training.run_checkpoints import (
     checkpoints_dir,
@@ -130,7 +130,7 @@ def _train(recipe: Recipe, resume: bool, on_validation: Callable[[int, dict], No
 
     # Model, what trains, optimizer, schedule.
     model = _build_model(recipe, device)
-    adapter = _apply_adapter(recipe, model, d)
+    adapter = decide_trainable(recipe, model, distributed=d.enabled)
     model.backbone.checkpoint_layers = model.decoder.checkpoint_layers = cfg.activation_checkpointing
     model.train()
     wrapped = parallel.wrap(model, cfg.parallel, d)
@@ -259,19 +259,6 @@ def _refuse_to_mix_runs(run_dir: Path, resume: bool) -> None:
             f"{run_dir} already holds a run ({existing}); continue it with --resume, or train into another "
             "directory (output.run_dir=...), or delete it first"
         )
-
-
-def _apply_adapter(recipe: Recipe, model, d: Dist) -> AdapterSpec | None:
-    """What trains: the recipe's adapter decides, else `train.trainable`."""
-    cfg = recipe.train
-    if recipe.adapter is None:
-        set_trainable(model, cfg)
-        return None
-    if d.enabled and cfg.parallel == "fsdp":
-        # FSDP's full-state gathering rebuilds a plain CSM; adapters are small enough for DDP.
-        raise TrainingError('adapters train with train.parallel = "ddp", not "fsdp"')
-    apply_adapter(model, recipe.adapter, torch.bfloat16 if cfg.frozen_dtype == "bf16" else None)
-    return AdapterSpec(recipe.adapter, BaseModel.of(recipe), recipe.plugins)
 
 
 def _resume(run_dir: Path, state: TrainerState, adapted) -> tuple[int, float]:

@@ -3,7 +3,7 @@
 `measure_peak` trains `steps` real optimizer steps of the recipe's configuration (its model config
 with random weights, its adapter, optimizer, precision and activation checkpointing, the training
 loop's step code and optimizer builder) on random micro-batches shaped as the planner assumes
-(memory_plan.Workload), and returns the peak bytes of tensor memory:
+(memory.plan.Workload), and returns the peak bytes of tensor memory:
 
 - CUDA: `torch.cuda.max_memory_allocated`, everything the caching allocator handed out (not the
   context, not the cache's unused reserve).
@@ -24,9 +24,10 @@ import torch
 
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.batches import Batch, SampleRows, collate
+from csm_adapt.memory.plan import Workload, sample_layout, workload_of
 from csm_adapt.model.checkpoint import build_model
+from csm_adapt.training.adapters import decide_trainable
 from csm_adapt.training.distributed import Dist, pick_device
-from csm_adapt.training.memory_plan import Workload, sample_layout, workload_of
 from csm_adapt.training.optim import build_optimizer
 from csm_adapt.training.precision import resolve_precision
 from csm_adapt.training.step import Totals, backward_step, optimizer_step
@@ -45,8 +46,6 @@ class Measurement:
 def measure_peak(recipe: Recipe, *, steps: int = 2, seed: int = 0, **workload_options) -> Measurement:
     """Peak bytes of `steps` optimizer steps of the recipe on its device (at least 2: the optimizer
     states appear in the first step)."""
-    from csm_adapt.training.loop import _apply_adapter  # what trains: exactly as the loop decides
-
     if steps < 2:
         raise ValueError("measure at least 2 optimizer steps: the optimizer states appear in the first")
     cfg = recipe.train
@@ -57,7 +56,7 @@ def measure_peak(recipe: Recipe, *, steps: int = 2, seed: int = 0, **workload_op
     cfg = recipe.train
 
     model = build_model(recipe.model.config, seed=cfg.seed, device=device)
-    _apply_adapter(recipe, model, Dist())
+    decide_trainable(recipe, model)  # what trains: exactly as the loop decides
     model.backbone.checkpoint_layers = model.decoder.checkpoint_layers = cfg.activation_checkpointing
     model.train()
     optimizer = build_optimizer(model, cfg)

@@ -1,11 +1,11 @@
 """The memory planner: a recipe's predicted peak training memory, split into what holds it.
 
-`plan_memory(recipe)` counts the weights, gradients and optimizer states exactly (memory_params.py:
+`plan_memory(recipe)` counts the weights, gradients and optimizer states exactly (memory/params.py:
 the model built on the meta device with the recipe's adapter), models the activations analytically
-(memory_activations.py), and walks the phases of two optimizer steps, as the training loop runs them:
+(memory/activations.py), and walks the phases of two optimizer steps, as the training loop runs them:
 each micro-batch's forward (block by block), its backward (saved tensors released and gradients
 created block by block, in autograd's order), and the optimizer step. The peak is the largest of
-those points; the split says what was alive there. `measure_peak` (memory_measure.py) checks it.
+those points; the split says what was alive there. `measure_peak` (memory/measure.py) checks it.
 
 Assumptions about the data, stated because they set the activation size: every micro-batch is full
 (B = rows_per_micro_batch // S sequences of S = data.max_rows rows, rounded up to pad_multiple),
@@ -21,9 +21,9 @@ import torch
 
 from csm_adapt.config.schema import Recipe
 from csm_adapt.data.batches import padded_length
+from csm_adapt.memory.activations import Block, Shapes, activation_blocks
+from csm_adapt.memory.params import ModelFacts, model_facts, optimizer_state_bytes
 from csm_adapt.model.config import MODEL_CONFIGS
-from csm_adapt.training.memory_activations import Block, Shapes, activation_blocks
-from csm_adapt.training.memory_params import ModelFacts, model_facts, optimizer_state_bytes
 from csm_adapt.training.precision import resolve_precision
 
 GIB = 1024**3

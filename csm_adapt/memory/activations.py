@@ -5,7 +5,7 @@ forward order (embeddings, each backbone layer, the backbone's final norm, the c
 decoder's input, each decoder layer, the audio heads), the bytes autograd saves, the bytes alive
 only while the block runs (forward and backward), the bytes the forward keeps until the micro-batch
 ends (the logits in TrainOutput), and the gradient bytes its backward creates. The phase walk in
-memory_plan.py turns the blocks into a peak.
+memory/plan.py turns the blocks into a peak.
 
 What decides the sizes (why each term is there):
 - Rows: the backbone sees T = B*S rows; codebook 0 is scored on F frames, the depth decoder runs on
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import attrs
 
+from csm_adapt.memory.params import LinearFacts, ModelFacts
 from csm_adapt.model.config import TransformerFlavor
-from csm_adapt.training.memory_params import LinearFacts, ModelFacts
 
 LONG = 8
 FP32 = 4

@@ -1,7 +1,7 @@
 """Which cards a memory plan fits, and the change to a recipe that makes it fit one it does not.
 
 A card fits when the plan's total, plus the CUDA context and the caching allocator's fragmentation
-(memory_plan.CUDA_CONTEXT_BYTES, FRAGMENTATION), is within its memory. Changes are tried least
+(memory.plan.CUDA_CONTEXT_BYTES, FRAGMENTATION), is within its memory. Changes are tried least
 invasive first: activation checkpointing (compute only), 8-bit AdamW, a bf16 frozen base (adapters),
 fewer rows per micro-batch with more accumulation (the same rows per step), then LoRA, then QLoRA.
 Each candidate is a set of recipe overrides, planned again through the same `plan_for(overrides)`
@@ -16,7 +16,7 @@ import attrs
 
 from csm_adapt.config.schema import Recipe
 from csm_adapt.errors import CsmAdaptError
-from csm_adapt.training.memory_plan import CUDA_CONTEXT_BYTES, FRAGMENTATION, GIB, MemoryPlan
+from csm_adapt.memory.plan import CUDA_CONTEXT_BYTES, FRAGMENTATION, GIB, MemoryPlan
 
 _ADAPTER_CHANGES = ("LoRA adapter", "QLoRA adapter")
 CARDS: tuple[tuple[str, int], ...] = tuple((f"{n} GB", n * GIB) for n in (8, 16, 24, 40, 80))
