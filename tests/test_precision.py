@@ -35,7 +35,7 @@ def test_cpu_bf16_units_reads_the_flags(cpuinfo, units):
     ("setting", "device", "units", "expected"),
     [
         ("auto", "cuda", None, "bf16"),
-        ("auto", "cpu", "avx512_bf16", "bf16"),
+        ("auto", "cpu", "avx512_bf16", "fp32"),  # bf16 units, but not reliably faster: benchmarks/RESULTS.md
         ("auto", "cpu", None, "fp32"),
         ("auto", "mps", "amx_bf16", "fp32"),  # the CPU's units are not the device's
         ("fp32", "cpu", "amx_bf16", "fp32"),  # the recipe can force either

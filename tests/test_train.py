@@ -113,7 +113,7 @@ def test_tiny_model_learns_and_logs_everything(tmp_path, demo_dataset):
     assert label.decode().startswith("[0] Bonjour.")
 
 
-@pytest.mark.parametrize(("units", "expected"), [(None, "fp32"), ("avx512_bf16", "bf16")])
+@pytest.mark.parametrize(("units", "expected"), [(None, "fp32"), ("avx512_bf16", "fp32")])
 def test_auto_precision_is_resolved_for_the_device_and_logged(tmp_path, demo_dataset, monkeypatch, units, expected):
     from csm_adapt.training import precision
 

@@ -1,9 +1,12 @@
 """Which numeric precision a run trains in: `train.precision = "auto"` resolved for the device.
 
-`auto` picks bf16 autocast where the hardware has bf16 matrix units (every CUDA device this
-framework targets; CPUs with AMX or AVX-512 BF16, or Arm's BF16 extension) and fp32 elsewhere,
-where bf16 would be emulated and slower. The choice is made here only, once per run, and the
-training loop records the resolved value in the recipe it hands to the loggers.
+`auto` picks bf16 autocast on CUDA (every device this framework targets has bf16 matrix units) and
+fp32 on a CPU. Even on CPUs with bf16 units (AMX, AVX-512 BF16), bf16 autocast did not train
+reliably faster than fp32 here (benchmarks/RESULTS.md: from 24 % slower to 10 % faster depending on
+the step size and the run), so the CPU keeps the exact fp32 arithmetic; a recipe can still force
+`bf16`. `cpu_bf16_units` tells the throughput benchmark where measuring bf16 on a CPU is worth it.
+The choice is made here only, once per run, and the training loop records the resolved value in the
+recipe it hands to the loggers.
 """
 
 from __future__ import annotations
@@ -45,6 +48,4 @@ def resolve_precision(setting: str, device: torch.device) -> str:
         raise ValueError(f'precision "{setting}" is not one of: {", ".join(PRECISIONS)}')
     if setting != "auto":
         return setting
-    if device.type == "cuda" or (device.type == "cpu" and cpu_bf16_units() is not None):
-        return "bf16"
-    return "fp32"
+    return "bf16" if device.type == "cuda" else "fp32"
