@@ -121,6 +121,14 @@ def memory(recipe: Path, overrides: tuple[str, ...], device: str | None, as_json
     )
     verdict = ", ".join(f"{card} {'fits' if fits(plan, cap) else 'no'}" for card, cap in CARDS)
     console.print(f"cards: {verdict}", highlight=False, markup=False)
+    # Each single change once (its figure does not depend on the card), then each card's fix.
+    options = {o.change.what: o for a in advice for o in a.options}
+    if options:
+        console.print("single changes, on a CUDA card:", highlight=False, markup=False)
+    for o in options.values():
+        fitting = [card for card, capacity in CARDS if o.needed <= capacity]
+        where = f"fits {fitting[0]}" + (" and up" if len(fitting) > 1 else "") if fitting else "fits none"
+        console.print(f"    {o.change.what}: {_gib(o.needed)}  ({where})", highlight=False, markup=False)
     for a in advice:
         if a.fix:
             fix = " + ".join(c.what for c in a.fix)
@@ -128,10 +136,6 @@ def memory(recipe: Path, overrides: tuple[str, ...], device: str | None, as_json
             console.print(f"to fit {a.card}: {fix}  ({words})", highlight=False, markup=False)
         else:
             console.print(f"to fit {a.card}: no change tried fits", highlight=False, markup=False)
-        for o in a.options:
-            console.print(
-                f"    {o.change.what}: {_gib(o.needed)}{'  fits' if o.fits else ''}", highlight=False, markup=False
-            )
     if measured is not None:
         predicted = plan_measured_device.total
         console.print(
