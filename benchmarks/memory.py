@@ -25,7 +25,7 @@ import torch
 from csm_adapt.config.recipe import load_recipe
 from csm_adapt.memory.advice import needed_on_card
 from csm_adapt.memory.measure import measure_peak
-from csm_adapt.memory.plan import plan_memory
+from csm_adapt.memory.plan import GIB, plan_memory
 from csm_adapt.training.precision import cpu_bf16_units
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "french.toml"
@@ -111,10 +111,9 @@ def main(argv=None) -> dict:
 
 
 def _print_row(name: str, row: dict) -> None:
-    gib = 1024**3
-    line = f"{name:<9} predicted {row['predicted_bytes'] / gib:6.2f} GiB"
+    line = f"{name:<9} predicted {row['predicted_bytes'] / GIB:6.2f} GiB"
     if "measured_bytes" in row:
-        line += f"  measured {row['measured_bytes'] / gib:6.2f} GiB ({row['error']:+.1%})"
+        line += f"  measured {row['measured_bytes'] / GIB:6.2f} GiB ({row['error']:+.1%})"
         line += f", {row['seconds_per_step']:.0f} s/step"
     print(line, flush=True)
 

@@ -11,7 +11,9 @@ from csm_adapt.terminal import make_console
 
 
 def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB"
+    from csm_adapt.memory.plan import GIB
+
+    return f"{n / GIB:.2f} GiB"
 
 
 @click.command()

@@ -14,7 +14,6 @@ clip's text is exactly the words inside it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from csm_adapt.audio_io import SAMPLE_RATE, load_audio, save_wav
 from csm_adapt.errors import AudioError, CsmAdaptError
+from csm_adapt.files import write_text_atomic
 from csm_adapt.segment.align import Word, align_cuts, text_of, windows, words_in
 from csm_adapt.segment.cuts import Span, group_regions, length_histogram
 from csm_adapt.segment.loudness import normalize_loudness
@@ -153,6 +153,4 @@ def _write_clip(
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
